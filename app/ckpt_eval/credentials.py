@@ -1,0 +1,230 @@
+"""The only module that touches the vault: read the vault password, decrypt db.credentials in memory.
+
+The vault password arrives by file (``--vault-password-file``, ``-`` for stdin,
+``CKPT_EVAL_VAULT_PASSWORD_FILE``) or by ``ANSIBLE_VAULT_PASSWORD``, which is removed from
+``os.environ`` as soon as the process starts so that no child ever inherits it.
+Nothing decrypted is ever written to disk, logged or put in an exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import yaml
+
+from . import redaction
+from .errors import AuthenticationError, ConfigError, MissingInputError
+
+log = logging.getLogger(__name__)
+
+VAULT_HEADER = b"$ANSIBLE_VAULT;"
+PASSWORD_ENV = "ANSIBLE_VAULT_PASSWORD"  # noqa: S105 (a variable name, not a secret)
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+REQUIRED_KEYS = ("host", "port", "dbname", "user", "password")
+OPTIONAL_KEYS = ("sslmode", "sslrootcert", "connect_timeout")
+
+
+@dataclass(frozen=True)
+class DbCredentials:
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str = field(repr=False)
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+    connect_timeout: int | None = None
+
+    def connect_kwargs(self) -> dict[str, object]:
+        """libpq keywords for psycopg.connect; passed as keywords, never as one logged string."""
+        kwargs: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "user": self.user,
+            "password": self.password,
+        }
+        if self.sslmode:
+            kwargs["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            kwargs["sslrootcert"] = self.sslrootcert
+        if self.connect_timeout is not None:
+            kwargs["connect_timeout"] = self.connect_timeout
+        return kwargs
+
+
+def take_password_from_environment() -> bytes | None:
+    """Remove ANSIBLE_VAULT_PASSWORD from the environment and return it (called once, at start)."""
+    value = os.environb.pop(PASSWORD_ENV.encode(), None)
+    os.environ.pop(PASSWORD_ENV, None)
+    if value is None:
+        return None
+    # A pipeline secret often ends with a newline; Ansible strips CR/LF from a password script's output.
+    return value.rstrip(b"\r\n")
+
+
+def _strip_password_file(raw: bytes) -> bytes:
+    # ansible-core's FileVaultSecret uses .strip(): the same password file must open the vault
+    # for ansible-playbook and for ckpt-eval, so we strip exactly as it does.
+    return raw.strip()
+
+
+def read_password_file(path: str, stdin: BinaryIO | None = None) -> bytes:
+    """Read the vault password from a file, or from stdin when ``path`` is ``-``."""
+    if path == "-":
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        return _strip_password_file(stream.read())
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise MissingInputError(f"vault password file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"vault password file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"vault password file {path} is not readable by this user") from None
+    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "vault password file %s is accessible by group or others (mode %o); chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
+    return _strip_password_file(raw)
+
+
+def resolve_vault_password(
+    password_file: str | None,
+    environment_password: bytes | None,
+    stdin: BinaryIO | None = None,
+) -> bytes:
+    """Pick the vault password: an explicit file wins over ANSIBLE_VAULT_PASSWORD."""
+    if password_file:
+        password = read_password_file(password_file, stdin)
+        source = "stdin" if password_file == "-" else password_file  # noqa: S105
+    elif environment_password is not None:
+        password = environment_password
+        source = PASSWORD_ENV
+    else:
+        raise ConfigError(
+            "no vault password: pass --vault-password-file PATH (- for stdin), "
+            f"or set CKPT_EVAL_VAULT_PASSWORD_FILE or {PASSWORD_ENV}"
+        )
+    if not password:
+        raise AuthenticationError(f"the vault password from {source} is empty")
+    redaction.register_secret(password)
+    return password
+
+
+def decrypt_credentials(path: Path, vault_password: bytes) -> DbCredentials:
+    """Decrypt an ansible-vault file in memory and validate the mapping inside."""
+    try:
+        vaulttext = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingInputError(f"credentials file {path} does not exist") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ConfigError(f"credentials file {path} cannot be read: {exc.strerror}") from None
+    if not vaulttext.strip():
+        raise ConfigError(f"credentials file {path} is empty")
+    if not vaulttext.lstrip().startswith(VAULT_HEADER):
+        raise ConfigError(
+            f"credentials file {path} is not ansible-vault encrypted; refusing plaintext credentials "
+            f"(encrypt it: ansible-vault encrypt {path})"
+        )
+    plaintext = _vault_decrypt(path, vaulttext, vault_password)
+    try:
+        data = yaml.safe_load(plaintext)
+    except yaml.YAMLError:
+        # The YAML error would quote the decrypted text: report only where it is.
+        raise ConfigError(f"credentials file {path} does not hold valid YAML once decrypted") from None
+    finally:
+        del plaintext
+    return parse_credentials(data, source=str(path))
+
+
+def _vault_decrypt(path: Path, vaulttext: bytes, vault_password: bytes) -> bytes:
+    # Imported here: ansible is heavy and only this module may touch the vault.
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import AnsibleVaultError, AnsibleVaultFormatError
+    from ansible_vault import Vault
+    from ansible_vault.parsing import AnsibleVaultLib
+
+    vault = Vault(vault_lib=AnsibleVaultLib(vault_password))
+    try:
+        plaintext = vault.load_raw(vaulttext)
+    except AnsibleVaultFormatError:
+        raise ConfigError(
+            f"credentials file {path} is not a valid ansible-vault file (corrupted or truncated)"
+        ) from None
+    except AnsibleVaultError:
+        raise AuthenticationError(
+            f"cannot decrypt {path}: wrong vault password (or the file was tampered with)"
+        ) from None
+    except AnsibleError:
+        raise ConfigError(f"credentials file {path} is not a valid ansible-vault file") from None
+    return bytes(plaintext)
+
+
+def parse_credentials(data: object, source: str) -> DbCredentials:
+    """Validate the decrypted mapping. Messages name keys and types, never values."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"credentials in {source} must be a YAML mapping with keys {', '.join(REQUIRED_KEYS)}")
+    missing = [key for key in REQUIRED_KEYS if data.get(key) in (None, "")]
+    if missing:
+        raise ConfigError(f"credentials in {source} lack required key(s): {', '.join(missing)}")
+    unknown = sorted(str(key) for key in data if key not in REQUIRED_KEYS + OPTIONAL_KEYS)
+    if unknown:
+        raise ConfigError(f"credentials in {source} have unknown key(s): {', '.join(unknown)}")
+    for key in ("host", "dbname", "user", "password"):
+        if not isinstance(data[key], str):
+            raise ConfigError(f"credentials in {source}: {key} must be a string")
+    redaction.register_secret(data["password"].encode())
+    port = _integer(data["port"], "port", source)
+    if not 0 < port < 65536:
+        raise ConfigError(f"credentials in {source}: port must be between 1 and 65535")
+    sslmode = data.get("sslmode")
+    if sslmode is not None and sslmode not in SSL_MODES:
+        raise ConfigError(f"credentials in {source}: sslmode must be one of {', '.join(SSL_MODES)}")
+    sslrootcert = data.get("sslrootcert")
+    if sslrootcert is not None and not isinstance(sslrootcert, str):
+        raise ConfigError(f"credentials in {source}: sslrootcert must be a path")
+    timeout = data.get("connect_timeout")
+    connect_timeout = None if timeout is None else _integer(timeout, "connect_timeout", source)
+    if connect_timeout is not None and connect_timeout <= 0:
+        raise ConfigError(f"credentials in {source}: connect_timeout must be positive")
+    return DbCredentials(
+        host=data["host"],
+        port=port,
+        dbname=data["dbname"],
+        user=data["user"],
+        password=data["password"],
+        sslmode=sslmode,
+        sslrootcert=sslrootcert,
+        connect_timeout=connect_timeout,
+    )
+
+
+def _integer(value: object, key: str, source: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"credentials in {source}: {key} must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ConfigError(f"credentials in {source}: {key} must be an integer")
+
+
+def encrypt_mapping(data: Mapping[str, object], vault_password: bytes) -> str:
+    """Encrypt a mapping as an ansible-vault 1.1 AES256 document (used by tests and tooling)."""
+    from ansible_vault import Vault
+    from ansible_vault.parsing import AnsibleVaultLib
+
+    vault = Vault(vault_lib=AnsibleVaultLib(vault_password))
+    return str(vault.dump(dict(data)))

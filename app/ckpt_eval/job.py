@@ -1,0 +1,278 @@
+"""The evaluation job: claim pending checkpoints, evaluate each, record the result exactly once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from . import __version__
+from .checkpoints import load_checkpoint
+from .config import CLAIM_BATCH, Settings, Worker
+from .datasets import load_dataset
+from .db.repository import ClaimedCheckpoint, Repository, RunRecord
+from .errors import CkptEvalError, LeaseLost
+from .evaluate import EvaluationAborted, check_compatible, evaluate_model
+from .metrics import Gate, Metrics, apply_gate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the operator asked for: which checkpoints, and whether to queue finished ones again."""
+
+    ids: tuple[int, ...] = ()
+    force: bool = False
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    checkpoint_id: int
+    name: str
+    attempt: int
+    run_id: int | None
+    status: str  # succeeded | failed | lost
+    verdict: str | None
+    accuracy: float | None
+    f1_macro: float | None
+    loss: float | None
+    error: str | None
+    duration_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded" and self.verdict == "pass"
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def recorded(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.status != "lost")
+
+    @property
+    def all_passed(self) -> bool:
+        return all(o.ok for o in self.recorded)
+
+
+class Heartbeat:
+    """Extends the lease from a separate connection while the main thread evaluates."""
+
+    def __init__(self, repository: Repository, claim: ClaimedCheckpoint, lease_seconds: float, interval: float) -> None:
+        self._repository = repository
+        self._claim = claim
+        self._lease_seconds = lease_seconds
+        self._interval = interval
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.checkpoint_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._repository.heartbeat(self._claim, self._lease_seconds):
+                    log.warning("checkpoint %d: lease lost to another worker", self._claim.checkpoint_id)
+                    self.lost.set()
+                    return
+            except CkptEvalError as exc:
+                # The finish step re-checks the token; keep trying until the lease would be gone anyway.
+                log.warning("checkpoint %d: heartbeat failed: %s", self._claim.checkpoint_id, exc)
+
+
+def evaluate_claim(
+    claim: ClaimedCheckpoint, settings: Settings, worker: Worker, should_stop: Callable[[], bool]
+) -> RunRecord:
+    """Evaluate one claimed checkpoint. A bad checkpoint or dataset becomes a failed RunRecord."""
+    gate = Gate.from_registry(claim.min_accuracy, claim.min_f1_macro)
+    started_wall = datetime.now().astimezone()
+    started = time.monotonic()
+    dataset_sha256 = checkpoint_sha256 = None
+    metrics: Metrics | None = None
+    error: str | None = None
+    try:
+        dataset = load_dataset(claim.dataset, settings.data_dir)
+        dataset_sha256 = dataset.sha256
+        check_compatible(claim.arch, dataset)
+        loaded = load_checkpoint(settings.checkpoint_root, claim.path, claim.arch, claim.sha256)
+        checkpoint_sha256 = loaded.sha256
+        metrics = evaluate_model(loaded.model, dataset, settings.batch_size, should_stop)
+    except EvaluationAborted:
+        raise
+    except CkptEvalError as exc:
+        error = str(exc)
+    except Exception as exc:  # a defect must fail this checkpoint's run, not the whole job
+        log.debug("checkpoint %d: unexpected error", claim.checkpoint_id, exc_info=True)
+        error = f"internal error: {exc.__class__.__name__}: {str(exc)[:300]}"
+    duration = time.monotonic() - started
+    finished_wall = started_wall + timedelta(seconds=duration)
+    common = {
+        "dataset_sha256": dataset_sha256,
+        "checkpoint_sha256": checkpoint_sha256,
+        "started_at": started_wall,
+        "finished_at": finished_wall,
+        "duration_seconds": duration,
+        "worker_host": worker.host,
+        "worker_pid": worker.pid,
+        "app_version": __version__,
+        "min_accuracy": gate.min_accuracy,
+        "min_f1_macro": gate.min_f1_macro,
+    }
+    if metrics is None:
+        return RunRecord(
+            status="failed",
+            verdict="fail",
+            verdict_reasons=None,
+            error=error,
+            n_samples=None,
+            confusion_matrix=None,
+            metrics=(),
+            **common,  # type: ignore[arg-type]
+        )
+    verdict = apply_gate(metrics, gate)
+    return RunRecord(
+        status="succeeded",
+        verdict=verdict.label,
+        verdict_reasons="; ".join(verdict.reasons) or None,
+        error=None,
+        n_samples=metrics.n_samples,
+        confusion_matrix=json.dumps(metrics.confusion),
+        metrics=metrics.rows(),
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _metric(record: RunRecord, name: str) -> float | None:
+    for metric, label, value in record.metrics:
+        if metric == name and label == "":
+            return value
+    return None
+
+
+class Job:
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        heartbeat_repository: Callable[[], Repository],
+        worker: Worker | None = None,
+        on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.heartbeat_repository = heartbeat_repository
+        self.worker = worker or Worker.current()
+        self.on_outcome = on_outcome
+
+    def prepare(self, selection: Selection) -> None:
+        """Validate ids and queue finished checkpoints again when asked (--force / --failed)."""
+        ids = selection.ids or None
+        if selection.ids:
+            self.repository.check_ids_exist(selection.ids)
+        if selection.force or selection.failed:
+            for checkpoint_id, name in self.repository.running_elsewhere(ids):
+                log.warning("checkpoint %d (%r) is being evaluated by another worker; left alone", checkpoint_id, name)
+            queued = self.repository.requeue(ids, force=selection.force, failed=selection.failed)
+            log.info("queued %d checkpoint(s) again", queued)
+
+    def run(self, selection: Selection) -> JobSummary:
+        self.prepare(selection)
+        outcomes: list[Outcome] = []
+        ids: Sequence[int] | None = selection.ids or None
+        tried: set[str] = set()
+        while True:
+            names = [n for n in self.repository.candidates(ids, CLAIM_BATCH) if n not in tried]
+            if not names:
+                break
+            for name in names:
+                tried.add(name)
+                token = uuid.uuid4().hex
+                claim = self.repository.claim(name, self.worker.owner, token, self.settings.lease_seconds)
+                if claim is None:
+                    log.debug("checkpoint %r claimed by another worker", name)
+                    continue
+                outcome = self._evaluate_and_record(claim)
+                outcomes.append(outcome)
+                self.on_outcome(outcome)
+        return JobSummary(tuple(outcomes))
+
+    def _evaluate_and_record(self, claim: ClaimedCheckpoint) -> Outcome:
+        log.info(
+            "evaluating checkpoint %d %r (arch %s, dataset %s, attempt %d)",
+            claim.checkpoint_id,
+            claim.name,
+            claim.arch,
+            claim.dataset,
+            claim.attempt,
+        )
+        heartbeat_repo = self.heartbeat_repository()
+        try:
+            with Heartbeat(heartbeat_repo, claim, self.settings.lease_seconds, self.settings.heartbeat_seconds) as beat:
+                try:
+                    record = evaluate_claim(claim, self.settings, self.worker, beat.lost.is_set)
+                except EvaluationAborted:
+                    return self._lost(claim, "lease lost during evaluation; stopped without writing")
+                except BaseException:
+                    # Interrupted: hand the checkpoint back so the next run takes it at once.
+                    self._release_quietly(claim)
+                    raise
+        finally:
+            heartbeat_repo.close()
+        try:
+            run_id = self.repository.finish(claim, record)
+        except LeaseLost as exc:
+            return self._lost(claim, str(exc))
+        outcome = Outcome(
+            checkpoint_id=claim.checkpoint_id,
+            name=claim.name,
+            attempt=claim.attempt,
+            run_id=run_id,
+            status=record.status,
+            verdict=record.verdict,
+            accuracy=_metric(record, "accuracy"),
+            f1_macro=_metric(record, "f1_macro"),
+            loss=_metric(record, "loss"),
+            error=record.error,
+            duration_seconds=record.duration_seconds,
+        )
+        if record.status == "failed":
+            log.error("checkpoint %d %r failed: %s", claim.checkpoint_id, claim.name, record.error)
+        else:
+            log.info(
+                "checkpoint %d %r: accuracy %.4f, macro-F1 %.4f, verdict %s%s",
+                claim.checkpoint_id,
+                claim.name,
+                outcome.accuracy,
+                outcome.f1_macro,
+                record.verdict,
+                f" ({record.verdict_reasons})" if record.verdict_reasons else "",
+            )
+        return outcome
+
+    def _lost(self, claim: ClaimedCheckpoint, reason: str) -> Outcome:
+        log.warning("checkpoint %d %r: %s", claim.checkpoint_id, claim.name, reason)
+        return Outcome(
+            claim.checkpoint_id, claim.name, claim.attempt, None, "lost", None, None, None, None, reason, 0.0
+        )
+
+    def _release_quietly(self, claim: ClaimedCheckpoint) -> None:
+        try:
+            self.repository.release(claim)
+        except Exception:  # the lease expires on its own; never mask the interrupt
+            log.debug("could not release checkpoint %d", claim.checkpoint_id, exc_info=True)

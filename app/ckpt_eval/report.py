@@ -1,0 +1,115 @@
+"""Rendering results for people (aligned tables) and machines (JSON). Pure functions."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from .job import JobSummary
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    text = str(value)
+    # Names come from the database: show control characters escaped, keep the table one line per row.
+    if not text.isprintable():
+        text = ascii(text)[1:-1]
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Render rows as an aligned text table; ``columns`` is (key, header) pairs."""
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    headers = [header for _, header in columns]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = (
+    ("checkpoint_id", "id"),
+    ("name", "checkpoint"),
+    ("attempt", "attempt"),
+    ("run_id", "run"),
+    ("status", "status"),
+    ("verdict", "verdict"),
+    ("accuracy", "accuracy"),
+    ("f1_macro", "f1_macro"),
+    ("loss", "loss"),
+    ("error", "error"),
+)
+
+STATUS_COLUMNS = (
+    ("checkpoint_id", "id"),
+    ("name", "checkpoint"),
+    ("arch", "arch"),
+    ("dataset", "dataset"),
+    ("job_status", "job"),
+    ("attempt", "attempt"),
+    ("run_id", "last run"),
+    ("run_status", "run status"),
+    ("verdict", "verdict"),
+    ("accuracy", "accuracy"),
+    ("f1_macro", "f1_macro"),
+    ("finished_at", "finished"),
+)
+
+PLAN_COLUMNS = (
+    ("checkpoint_id", "id"),
+    ("name", "checkpoint"),
+    ("arch", "arch"),
+    ("dataset", "dataset"),
+    ("status", "status now"),
+    ("attempt", "attempts so far"),
+)
+
+
+def summary_text(summary: JobSummary) -> str:
+    rows = [asdict(o) for o in summary.outcomes]
+    if not rows:
+        return "nothing to evaluate: no pending checkpoints"
+    recorded = summary.recorded
+    passed = sum(o.ok for o in recorded)
+    failed = sum(o.status == "failed" for o in recorded)
+    gated = len(recorded) - passed - failed
+    lost = len(summary.outcomes) - len(recorded)
+    footer = f"{len(recorded)} evaluated: {passed} passed, {gated} failed the gate, {failed} failed to evaluate"
+    if lost:
+        footer += f"; {lost} lost to another worker"
+    return table(rows, SUMMARY_COLUMNS) + "\n" + footer
+
+
+def summary_json(summary: JobSummary) -> str:
+    return to_json({"evaluated": [asdict(o) for o in summary.outcomes], "all_passed": summary.all_passed})
+
+
+def to_json(data: Any) -> str:
+    """JSON with NaN and infinities as null: strict parsers reject the bare tokens."""
+    return json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

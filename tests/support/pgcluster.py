@@ -1,0 +1,160 @@
+"""A throwaway PostgreSQL cluster: initdb + pg_ctl in a temporary directory, on 127.0.0.1 and a free port.
+
+initdb and pg_ctl refuse to run as root, so as root they run as the ``postgres`` user
+(or $CKPT_EVAL_PG_USER). The superuser is reached through a Unix socket in the cluster's
+own directory (trust, local only); TCP connections use scram-sha-256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SUPERUSER = "postgres"
+
+
+def find_bindir() -> Path:
+    explicit = os.environ.get("CKPT_EVAL_PG_BINDIR")
+    if explicit:
+        return Path(explicit)
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
+    if candidates:
+        return Path(candidates[-1])
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PsqlError(RuntimeError):
+    def __init__(self, returncode: int, stderr: str) -> None:
+        super().__init__(f"psql exited {returncode}: {stderr}")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class PgCluster:
+    def __init__(self, base: Path | None = None, port: int | None = None) -> None:
+        self.bindir = find_bindir()
+        self.port = port or free_port()
+        self.owner = os.environ.get("CKPT_EVAL_PG_USER", "postgres") if os.geteuid() == 0 else None
+        self.base = Path(tempfile.mkdtemp(prefix="ckpt-eval-pg-", dir=base))
+        self.datadir = self.base / "data"
+        self.sockdir = self.base / "sock"
+        self.logfile = self.base / "server.log"
+        self.sockdir.mkdir()
+        if self.owner:
+            entry = pwd.getpwnam(self.owner)
+            for path in (self.base, self.sockdir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chmod(self.base, 0o755)  # noqa: S103 (the postgres user must traverse it)
+
+    # -- running server tools as the cluster owner -------------------------------------------
+    def _as_owner(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if self.owner:
+            argv = ["runuser", "-u", self.owner, "--", *argv]
+        return subprocess.run(argv, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+    def init(self) -> None:
+        self._as_owner(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
+        )
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.sockdir}'\nfsync = off\n"
+                "max_connections = 60\nshared_buffers = 32MB\n"
+            )
+
+    def write_hba(self, lines: list[str]) -> None:
+        """Replace pg_hba.conf; the superuser keeps its local trust line."""
+        content = "local all postgres trust\n" + "".join(line + "\n" for line in lines)
+        (self.datadir / "pg_hba.conf").write_text(content)
+        if self.is_running():
+            self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "reload"])
+
+    def start(self) -> None:
+        self._as_owner(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start"]
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.is_running():
+            self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"])
+
+    def is_running(self) -> bool:
+        return (self.datadir / "postmaster.pid").exists()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- superuser SQL -------------------------------------------------------------------------
+    def psql(self, sql: str | None = None, dbname: str = "postgres", file: Path | None = None) -> str:
+        argv = [
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.sockdir),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            dbname,
+        ]
+        # SQL goes through stdin, never argv, so a password in it is not visible in /proc.
+        argv += ["-f", str(file) if file else "-"]
+        result = subprocess.run(argv, input=None if file else sql, text=True, capture_output=True)
+        if result.returncode != 0:
+            raise PsqlError(result.returncode, result.stderr.strip())
+        return result.stdout.strip()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.psql("SELECT 1")
+                return
+            except PsqlError:
+                time.sleep(0.2)
+        raise RuntimeError(f"PostgreSQL did not come up; see {self.logfile}")
+
+
+def create_app_database(cluster: PgCluster, init_sql: Path, app_password: str, dbname: str = "ckpt_eval") -> None:
+    """Create the database, apply init.sql as the superuser, and give ckpt_eval_app its password."""
+    cluster.psql(f"CREATE DATABASE {dbname}")
+    cluster.psql(dbname=dbname, file=init_sql)
+    escaped = app_password.replace("'", "''")
+    cluster.psql(f"ALTER ROLE ckpt_eval_app PASSWORD '{escaped}'", dbname=dbname)
