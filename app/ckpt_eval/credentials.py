@@ -8,11 +8,13 @@ Nothing decrypted is ever written to disk, logged or put in an exception message
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -149,7 +151,26 @@ def decrypt_credentials(path: Path, vault_password: bytes) -> DbCredentials:
     return parse_credentials(data, source=str(path))
 
 
+@contextlib.contextmanager
+def _ansible_contained() -> Iterator[None]:
+    """Undo the process-wide patches ansible-core applies on import once the vault work is done.
+
+    Importing ansible replaces ``sys.intern`` and ``socket.getaddrinfo`` with wrapper objects;
+    torch's compiler stack refuses a non-function ``sys.intern`` when it is imported later.
+    """
+    saved = (sys.intern, socket.getaddrinfo)
+    try:
+        yield
+    finally:
+        sys.intern, socket.getaddrinfo = saved
+
+
 def _vault_decrypt(path: Path, vaulttext: bytes, vault_password: bytes) -> bytes:
+    with _ansible_contained():
+        return _vault_decrypt_contained(path, vaulttext, vault_password)
+
+
+def _vault_decrypt_contained(path: Path, vaulttext: bytes, vault_password: bytes) -> bytes:
     # Imported here: ansible is heavy and only this module may touch the vault.
     from ansible.errors import AnsibleError
     from ansible.parsing.vault import AnsibleVaultError, AnsibleVaultFormatError
@@ -223,8 +244,9 @@ def _integer(value: object, key: str, source: str) -> int:
 
 def encrypt_mapping(data: Mapping[str, object], vault_password: bytes) -> str:
     """Encrypt a mapping as an ansible-vault 1.1 AES256 document (used by tests and tooling)."""
-    from ansible_vault import Vault
-    from ansible_vault.parsing import AnsibleVaultLib
+    with _ansible_contained():
+        from ansible_vault import Vault
+        from ansible_vault.parsing import AnsibleVaultLib
 
-    vault = Vault(vault_lib=AnsibleVaultLib(vault_password))
-    return str(vault.dump(dict(data)))
+        vault = Vault(vault_lib=AnsibleVaultLib(vault_password))
+        return str(vault.dump(dict(data)))

@@ -1,0 +1,222 @@
+"""`ckpt-eval run` against a real PostgreSQL: exactly-once evaluation, reruns, history, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from ckpt_eval.datasets import write_idx
+
+from .conftest import Deployment
+
+GOOD, UNDERTRAINED = 1, 2
+
+
+def run_counts(deployment: Deployment) -> dict[int, int]:
+    rows = deployment.rows("SELECT checkpoint_id, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1")
+    return {int(cid): int(n) for cid, n in rows}
+
+
+def test_run_evaluates_each_checkpoint_once_then_nothing(deployment: Deployment) -> None:
+    first = deployment.ckpt_eval("run")
+    assert first.returncode == 3, first.output  # the undertrained demo checkpoint fails its gate
+    assert "digits-mlp-good" in first.stdout and "digits-mlp-undertrained" in first.stdout
+    assert "1 passed, 1 failed the gate" in first.stdout
+    assert run_counts(deployment) == {GOOD: 1, UNDERTRAINED: 1}
+    verdicts = dict(deployment.rows("SELECT checkpoint_name, verdict FROM ckpt_eval.latest_evaluations"))
+    assert verdicts == {"digits-mlp-good": "pass", "digits-mlp-undertrained": "fail"}
+    assert deployment.rows("SELECT DISTINCT status FROM ckpt_eval.checkpoints") == [["done"]]
+
+    second = deployment.ckpt_eval("run")
+    assert second.returncode == 0, second.output
+    assert "nothing to evaluate" in second.stdout
+    assert run_counts(deployment) == {GOOD: 1, UNDERTRAINED: 1}
+
+
+def test_force_rerun_adds_one_run_for_that_checkpoint_only(deployment: Deployment) -> None:
+    assert deployment.ckpt_eval("run").returncode == 3
+    first_run = deployment.rows(f"SELECT run_id FROM ckpt_eval.latest_evaluations WHERE checkpoint_id = {GOOD}")
+
+    rerun = deployment.ckpt_eval("run", "--force", "--checkpoint-id", str(GOOD))
+    assert rerun.returncode == 0, rerun.output  # the good checkpoint passes its gate
+    assert run_counts(deployment) == {GOOD: 2, UNDERTRAINED: 1}
+    latest = deployment.rows("SELECT checkpoint_id, run_id, attempt FROM ckpt_eval.latest_evaluations ORDER BY 1")
+    assert len(latest) == 2, "latest_evaluations has one row per checkpoint"
+    assert latest[0][1] != first_run[0][0] and latest[0][2] == "2"
+    # History is kept: both runs of the good checkpoint are still there with their metrics.
+    assert deployment.rows(
+        f"SELECT count(DISTINCT m.run_id) FROM ckpt_eval.evaluation_metrics m "
+        f"JOIN ckpt_eval.evaluation_runs r USING (run_id) WHERE r.checkpoint_id = {GOOD}"
+    ) == [["2"]]
+
+
+def test_force_without_ids_requeues_everything(deployment: Deployment) -> None:
+    assert deployment.ckpt_eval("run").returncode == 3
+    assert deployment.ckpt_eval("run", "--force").returncode == 3
+    assert run_counts(deployment) == {GOOD: 2, UNDERTRAINED: 2}
+
+
+def test_checkpoint_id_selects_without_touching_others(deployment: Deployment) -> None:
+    result = deployment.ckpt_eval("run", "--checkpoint-id", str(GOOD))
+    assert result.returncode == 0, result.output
+    assert run_counts(deployment) == {GOOD: 1}
+    status = dict(deployment.rows("SELECT checkpoint_id, status FROM ckpt_eval.checkpoints"))
+    assert status == {str(GOOD): "done", str(UNDERTRAINED): "pending"}
+
+
+def test_unknown_checkpoint_id_is_a_usage_error(deployment: Deployment) -> None:
+    result = deployment.ckpt_eval("run", "--checkpoint-id", "999")
+    assert result.returncode == 2
+    assert "no checkpoint with id 999" in result.stderr
+    assert run_counts(deployment) == {}
+
+
+def test_dry_run_lists_and_changes_nothing(deployment: Deployment) -> None:
+    before = deployment.sql("SELECT name, status, attempt, updated_at FROM ckpt_eval.checkpoints ORDER BY 1")
+    result = deployment.ckpt_eval("run", "--dry-run")
+    assert result.returncode == 0, result.output
+    assert "digits-mlp-good" in result.stdout and "digits-mlp-undertrained" in result.stdout
+    assert deployment.sql("SELECT name, status, attempt, updated_at FROM ckpt_eval.checkpoints ORDER BY 1") == before
+    assert run_counts(deployment) == {}
+
+    assert deployment.ckpt_eval("run").returncode == 3
+    planned = deployment.ckpt_eval("run", "--dry-run", "--force", "--checkpoint-id", "2", "--format", "json")
+    assert planned.returncode == 0
+    assert [row["checkpoint_id"] for row in json.loads(planned.stdout)["would_evaluate"]] == [2]
+    assert deployment.ckpt_eval("run", "--dry-run").stdout.strip() == "nothing would be evaluated"
+    assert run_counts(deployment) == {GOOD: 1, UNDERTRAINED: 1}
+
+
+def test_failed_requeues_only_failed_checkpoints(deployment: Deployment) -> None:
+    good_file = deployment.checkpoint_root / "digits-mlp-good.pt"
+    saved = good_file.read_bytes()
+    good_file.unlink()
+    first = deployment.ckpt_eval("run")
+    assert first.returncode == 3
+    errors = dict(deployment.rows("SELECT checkpoint_id, coalesce(error, '') FROM ckpt_eval.latest_evaluations"))
+    assert "not found" in errors[str(GOOD)]
+    assert errors[str(UNDERTRAINED)] == ""
+
+    good_file.write_bytes(saved)
+    rerun = deployment.ckpt_eval("run", "--failed")
+    assert rerun.returncode == 0, rerun.output
+    assert run_counts(deployment) == {GOOD: 2, UNDERTRAINED: 1}
+    latest = dict(deployment.rows("SELECT checkpoint_id, status FROM ckpt_eval.latest_evaluations"))
+    assert latest[str(GOOD)] == "succeeded"
+
+
+def test_expired_lease_of_a_crashed_worker_is_taken_over(deployment: Deployment) -> None:
+    deployment.sql(
+        "UPDATE ckpt_eval.checkpoints SET status = 'running', attempt = 1, lease_owner = 'dead:1:x', "
+        f"lease_token = 'stale', lease_expires_at = now() - interval '1 minute' WHERE checkpoint_id = {GOOD}"
+    )
+    deployment.sql(
+        "UPDATE ckpt_eval.checkpoints SET status = 'running', attempt = 1, lease_owner = 'alive:2:y', "
+        f"lease_token = 'fresh', lease_expires_at = now() + interval '1 hour' WHERE checkpoint_id = {UNDERTRAINED}"
+    )
+    result = deployment.ckpt_eval("run")
+    assert result.returncode == 0, result.output
+    assert run_counts(deployment) == {GOOD: 1}, "a live lease is never taken over"
+    assert deployment.rows(f"SELECT attempt FROM ckpt_eval.evaluation_runs WHERE checkpoint_id = {GOOD}") == [["2"]]
+
+
+def test_status_shows_registry_and_latest_results(deployment: Deployment) -> None:
+    assert deployment.ckpt_eval("run").returncode == 3
+    table = deployment.ckpt_eval("status")
+    assert table.returncode == 0
+    assert "digits-mlp-good" in table.stdout and "pass" in table.stdout
+    as_json = json.loads(deployment.ckpt_eval("status", "--format", "json").stdout)
+    by_name = {row["name"]: row for row in as_json["checkpoints"]}
+    assert by_name["digits-mlp-good"]["verdict"] == "pass"
+    assert by_name["digits-mlp-undertrained"]["verdict"] == "fail"
+    assert by_name["digits-mlp-good"]["accuracy"] > 0.9
+
+
+def test_json_output_of_run(deployment: Deployment) -> None:
+    result = deployment.ckpt_eval("run", "--format", "json")
+    assert result.returncode == 3
+    report = json.loads(result.stdout)
+    assert report["all_passed"] is False
+    assert {row["name"]: row["verdict"] for row in report["evaluated"]} == {
+        "digits-mlp-good": "pass",
+        "digits-mlp-undertrained": "fail",
+    }
+
+
+def reference_fashion_cnn() -> nn.Module:
+    """The widely used FashionMNIST CNN, written independently of ckpt_eval.models."""
+
+    class Reference(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Dropout(0.2),
+                nn.Flatten(),
+                nn.Linear(3136, 256),
+                nn.ReLU(),
+                nn.Dropout(0.2),
+                nn.Linear(256, 10),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layers(x)
+
+    return Reference()
+
+
+def test_fashion_cnn_state_dict_on_idx_files_matches_scikit_learn(deployment: Deployment) -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, size=300).astype(np.uint8)
+    # Images that carry their label (a bright band at a label-dependent row) so the model is not a coin toss.
+    images = rng.integers(0, 60, size=(300, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 4 + 2 * label, :] = 250
+    write_idx(deployment.data_dir / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(deployment.data_dir / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
+
+    torch.manual_seed(0)
+    model = reference_fashion_cnn()
+    inputs = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    target = torch.from_numpy(labels.astype(np.int64))
+    for _ in range(15):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), target).backward()
+        optimizer.step()
+    (deployment.checkpoint_root / "fashion").mkdir()
+    torch.save(model.state_dict(), deployment.checkpoint_root / "fashion" / "cnn.pth")
+
+    registered = deployment.ckpt_eval(
+        "register", "fashion/cnn.pth", "--arch", "fashion_cnn", "--dataset", "fashion_mnist", "--name", "fashion-cnn"
+    )
+    assert registered.returncode == 0, registered.output
+    checkpoint_id = int(deployment.rows("SELECT checkpoint_id FROM ckpt_eval.checkpoints WHERE name = 'fashion-cnn'")[0][0])
+    result = deployment.ckpt_eval("run", "--checkpoint-id", str(checkpoint_id))
+    assert result.returncode in (0, 3), result.output
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(inputs)
+    predictions = logits.argmax(dim=1).numpy()
+    expected_accuracy = accuracy_score(labels, predictions)
+    expected_f1 = f1_score(labels, predictions, average="macro", labels=list(range(10)), zero_division=0)
+    expected_loss = nn.functional.cross_entropy(logits, target).item()
+    [(accuracy, f1_macro, loss, n_samples, dataset_sha)] = deployment.rows(
+        "SELECT accuracy, f1_macro, loss, n_samples, dataset_sha256 FROM ckpt_eval.latest_evaluations "
+        f"WHERE checkpoint_id = {checkpoint_id}"
+    )
+    assert abs(float(accuracy) - expected_accuracy) < 1e-6
+    assert abs(float(f1_macro) - expected_f1) < 1e-6
+    assert abs(float(loss) - expected_loss) < 1e-5
+    assert int(n_samples) == 300
+    assert len(dataset_sha) == 64
+    assert expected_accuracy > 0.5, "the fixture model should have learnt the bands"
