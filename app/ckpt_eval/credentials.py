@@ -135,7 +135,8 @@ def decrypt_credentials(path: Path, vault_password: bytes) -> DbCredentials:
         raise ConfigError(f"credentials file {path} cannot be read: {exc.strerror}") from None
     if not vaulttext.strip():
         raise ConfigError(f"credentials file {path} is empty")
-    if not vaulttext.lstrip().startswith(VAULT_HEADER):
+    vaulttext = vaulttext.strip()
+    if not vaulttext.startswith(VAULT_HEADER):
         raise ConfigError(
             f"credentials file {path} is not ansible-vault encrypted; refusing plaintext credentials "
             f"(encrypt it: ansible-vault encrypt {path})"
@@ -184,7 +185,9 @@ def _vault_decrypt_contained(path: Path, vaulttext: bytes, vault_password: bytes
         raise ConfigError(
             f"credentials file {path} is not a valid ansible-vault file (corrupted or truncated)"
         ) from None
-    except AnsibleVaultError:
+    except AnsibleVaultError as exc:
+        if "decryption failed" not in str(exc).lower():  # e.g. a cipher this vault does not know
+            raise ConfigError(f"credentials file {path} is not a vault file this tool can read") from None
         raise AuthenticationError(
             f"cannot decrypt {path}: wrong vault password (or the file was tampered with)"
         ) from None
@@ -237,7 +240,7 @@ def _integer(value: object, key: str, source: str) -> int:
         raise ConfigError(f"credentials in {source}: {key} must be an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value)
     raise ConfigError(f"credentials in {source}: {key} must be an integer")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 REDACTED = "[REDACTED]"
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words and numbers
 
 _secrets: set[str] = set()
@@ -34,6 +35,9 @@ class RedactingFilter(logging.Filter):
         if _secrets:
             record.msg = scrub(record.getMessage())
             record.args = None
+            for key, value in vars(record).items():  # fields passed with extra=
+                if key not in _STANDARD_ATTRS and isinstance(value, str):
+                    setattr(record, key, scrub(value))
             if record.exc_info and record.exc_info[1] is not None:
                 record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
