@@ -116,9 +116,7 @@ class Deployment:
 def base_environment() -> dict[str, str]:
     """The parent's environment minus anything that could configure ckpt-eval behind the test's back."""
     return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CKPT_EVAL_", "ANSIBLE_VAULT", "PG"))
+        key: value for key, value in os.environ.items() if not key.startswith(("CKPT_EVAL_", "ANSIBLE_VAULT", "PG"))
     }
 
 

@@ -182,7 +182,9 @@ def test_sql_looking_names_are_stored_and_reported_verbatim(deployment: Deployme
     (deployment.checkpoint_root / "evil" / "a.pt").write_bytes(
         (deployment.checkpoint_root / "digits-mlp-good.pt").read_bytes()
     )
-    registered = deployment.ckpt_eval("register", "evil/a.pt", "--arch", "digits_mlp", "--dataset", "digits", "--name", name)
+    registered = deployment.ckpt_eval(
+        "register", "evil/a.pt", "--arch", "digits_mlp", "--dataset", "digits", "--name", name
+    )
     assert registered.returncode == 0, registered.output
     result = deployment.ckpt_eval("run", "--format", "json")
     assert result.returncode == 3

@@ -199,7 +199,9 @@ def test_fashion_cnn_state_dict_on_idx_files_matches_scikit_learn(deployment: De
         "register", "fashion/cnn.pth", "--arch", "fashion_cnn", "--dataset", "fashion_mnist", "--name", "fashion-cnn"
     )
     assert registered.returncode == 0, registered.output
-    checkpoint_id = int(deployment.rows("SELECT checkpoint_id FROM ckpt_eval.checkpoints WHERE name = 'fashion-cnn'")[0][0])
+    checkpoint_id = int(
+        deployment.rows("SELECT checkpoint_id FROM ckpt_eval.checkpoints WHERE name = 'fashion-cnn'")[0][0]
+    )
     result = deployment.ckpt_eval("run", "--checkpoint-id", str(checkpoint_id))
     assert result.returncode in (0, 3), result.output
 

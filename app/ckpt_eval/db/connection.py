@@ -12,7 +12,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from ..credentials import DbCredentials
@@ -46,7 +47,7 @@ class RetryPolicy:
     def retrying(self) -> Retrying:
         return Retrying(
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
-            wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait, jitter=self.initial_wait),
+            wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait) + wait_random(0, self.initial_wait),
             retry=retry_if_exception_type(_Transient),
             reraise=False,
         )
