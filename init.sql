@@ -5,7 +5,8 @@
 -- Safe to apply again: every object is created only when missing, demo rows only when absent.
 -- Runs unchanged on PostgreSQL 15, Greenplum 6/7 and Cloudberry: one primary key per table,
 -- which is also the distribution key; DISTRIBUTED BY is appended only on a Greenplum-family
--- server; no ON CONFLICT, SKIP LOCKED, triggers, identity columns, currval/lastval or MERGE.
+-- server; none of the constructs Greenplum 6 lacks (upserts, skipping row locks, triggers,
+-- identity columns, sequence-session functions, MERGE: tests/unit/test_sql_portability.py).
 -- See README.md "Schema" for the contract of each table and of the latest_evaluations view.
 
 -- Roles ------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ckpt_eval.credentials import decrypt_credentials, encrypt_mapping, read_password_file  # noqa: E402
-
 from tests.support.pgcluster import PgCluster, create_app_database  # noqa: E402
 
 DEMO_PASSWORD_FILE = ROOT / "inventories" / "local" / "vault-password"

@@ -229,8 +229,7 @@ def run(**options: Any) -> None:
         return Repository(creds, settings.retry, **settings.connect_options())
 
     with new_repository() as repository:
-        if repository.is_greenplum():
-            log.debug("connected to a Greenplum-family server")
+        log.debug("connected; Greenplum-family server: %s", repository.is_greenplum())
         if options["dry_run"]:
             if selection.ids:
                 repository.check_ids_exist(selection.ids)

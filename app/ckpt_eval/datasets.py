@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -133,7 +135,7 @@ def read_idx_bytes(path: Path) -> bytes:
         else:
             with path.open("rb") as stream:
                 data = stream.read(MAX_IDX_BYTES + 1)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
     if len(data) > MAX_IDX_BYTES:
         raise DatasetError(f"{path}: larger than {MAX_IDX_BYTES} bytes once decompressed")
@@ -152,7 +154,7 @@ def parse_idx(data: bytes, expected_magic: int, source: str) -> np.ndarray:
     if len(data) < header:
         raise DatasetError(f"{source}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: a crafted header cannot overflow this
     if len(data) != expected:
         raise DatasetError(
             f"{source}: dimensions {'x'.join(map(str, dims))} need {expected} bytes, file has {len(data)}"

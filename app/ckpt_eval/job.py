@@ -109,9 +109,11 @@ def evaluate_claim(
     try:
         dataset = load_dataset(claim.dataset, settings.data_dir)
         dataset_sha256 = dataset.sha256
+        log.debug("dataset %s: %d samples, sha256 %s", dataset.name, len(dataset), dataset.sha256)
         check_compatible(claim.arch, dataset)
         loaded = load_checkpoint(settings.checkpoint_root, claim.path, claim.arch, claim.sha256)
         checkpoint_sha256 = loaded.sha256
+        log.debug("loaded %s (%d bytes, sha256 %s) into %s", loaded.path, loaded.size, loaded.sha256, claim.arch)
         metrics = evaluate_model(loaded.model, dataset, settings.batch_size, should_stop)
     except EvaluationAborted:
         raise

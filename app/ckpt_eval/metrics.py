@@ -85,10 +85,10 @@ def compute_metrics(labels: np.ndarray, predictions: np.ndarray, loss_sum: float
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=classes, zero_division=0.0
     )
-    macro = precision_recall_fscore_support(labels, predictions, labels=classes, average="macro", zero_division=0.0)
-    weighted = precision_recall_fscore_support(
-        labels, predictions, labels=classes, average="weighted", zero_division=0.0
-    )
+    # Averages over the classes present in labels or predictions (scikit-learn's default), so a
+    # test set that lacks a class is not marked down for it; per-class rows cover every class.
+    macro = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0.0)
+    weighted = precision_recall_fscore_support(labels, predictions, average="weighted", zero_division=0.0)
     matrix = confusion_matrix(labels, predictions, labels=classes)
     return Metrics(
         n_samples=n,

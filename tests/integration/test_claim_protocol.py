@@ -87,7 +87,8 @@ def test_stale_worker_is_fenced_off_after_its_lease_was_taken_over(repositories,
     assert first.heartbeat(stale, 60) is True, "an expired but untaken lease can still be renewed"
     deployment.sql("UPDATE ckpt_eval.checkpoints SET lease_expires_at = now() - interval '1 second'")
     fresh = second.claim("digits-mlp-good", "w2", "token-2", 60)
-    assert fresh is not None and fresh.attempt == 2
+    assert fresh is not None
+    assert fresh.attempt == 2
 
     assert first.heartbeat(stale, 60) is False
     with pytest.raises(LeaseLost):

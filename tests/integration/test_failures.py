@@ -231,4 +231,5 @@ def test_register_stores_sha256_and_gate(deployment: Deployment) -> None:
     assert (float(min_accuracy), float(min_f1)) == (0.99, 0.5)
     result = deployment.ckpt_eval("run", "--format", "json")
     verdicts = {row["name"]: row["verdict"] for row in json.loads(result.stdout)["evaluated"]}
-    assert verdicts["strict-gate"] == "fail" and verdicts["digits-mlp-good"] == "pass"
+    assert verdicts["strict-gate"] == "fail"
+    assert verdicts["digits-mlp-good"] == "pass"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ckpt_eval import credentials, redaction
 from ckpt_eval.credentials import (
     DbCredentials,

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+
 from ckpt_eval import logs, redaction
 from ckpt_eval.redaction import REDACTED, RedactingFilter, register_secret, scrub
 

@@ -93,6 +93,15 @@ def connect(
     kwargs.setdefault("connect_timeout", 10)
     kwargs["application_name"] = application_name
     kwargs["options"] = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}"
+    log.debug(
+        "connecting to %s@%s:%s/%s (sslmode %s, connect_timeout %ss)",
+        creds.user,
+        creds.host,
+        creds.port,
+        creds.dbname,
+        creds.sslmode or "prefer",
+        kwargs["connect_timeout"],
+    )
     last: Exception | None = None
     try:
         for attempt in policy.retrying():

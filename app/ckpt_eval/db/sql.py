@@ -1,7 +1,7 @@
 """Every SQL statement the application runs, in one place; all of them parameterised.
 
-Portable to Greenplum: compare-and-set UPDATEs checked by rowcount (no SKIP LOCKED, no row
-locks), RETURNING only on INSERT, timestamps bound from one clock (the server's, read once
+Portable to Greenplum: compare-and-set UPDATEs checked by rowcount (no row locks of any
+kind), RETURNING only on INSERT, timestamps bound from one clock (the server's, read once
 per step), no upserts. See docs: greenplum-dialect.md section 3.
 """
 

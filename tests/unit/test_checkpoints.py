@@ -1,0 +1,572 @@
+"""Checkpoint paths are untrusted input; checkpoint bytes are untrusted input. Real files, real torch."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ckpt_eval.checkpoints import (
+    MAX_STORED_PATH_LENGTH,
+    LoadedCheckpoint,
+    load_checkpoint,
+    read_checkpoint_bytes,
+    resolve_checkpoint_path,
+    validate_stored_path,
+)
+from ckpt_eval.errors import CheckpointError
+from ckpt_eval.models import ARCHITECTURES, build_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    path = tmp_path / "elsewhere"
+    path.mkdir()
+    return path
+
+
+def digits_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_model("digits_mlp").state_dict()
+
+
+def torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write(root: Path, name: str, data: bytes) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def assert_same_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+# --------------------------------------------------------------------------- stored paths
+
+BAD_PATHS = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("/etc/passwd", "absolute", id="absolute"),
+    pytest.param("../x", "'..'", id="dotdot"),
+    pytest.param("a/../../x", "'..'", id="nested-dotdot"),
+    pytest.param("a/..", "'..'", id="trailing-dotdot"),
+    pytest.param("a\\b", "backslash", id="backslash"),
+    pytest.param("..\\x.pt", "backslash", id="windows-dotdot"),
+    pytest.param("a\x00b.pt", "NUL", id="nul"),
+    pytest.param("a" * 2000, "longer than", id="2000-chars"),
+    pytest.param("~/x", "absolute", id="home"),
+    pytest.param("~root/x.pt", "absolute", id="home-of-user"),
+    pytest.param("//server/x.pt", "absolute", id="double-slash"),
+]
+
+
+@pytest.mark.parametrize(("stored", "message"), BAD_PATHS)
+def test_validate_stored_path_rejects(stored: str, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        validate_stored_path(stored)
+
+
+@pytest.mark.parametrize(("stored", "message"), BAD_PATHS)
+def test_resolve_rejects_before_touching_the_filesystem(root: Path, stored: str, message: str) -> None:
+    # Even when the target exists (here: a file one level above the root), the path is refused.
+    (root.parent / "x").write_bytes(b"secret")
+    with pytest.raises(CheckpointError, match=message):
+        resolve_checkpoint_path(root, stored)
+
+
+def test_error_message_for_hostile_path_is_bounded_and_printable() -> None:
+    hostile = "a\x1b[31m" * 20 + "\x00" + "b" * 500
+    with pytest.raises(CheckpointError) as caught:
+        validate_stored_path(hostile)
+    message = str(caught.value)
+    assert message.isprintable()
+    assert "\x1b" not in message
+    assert len(message) < 400
+
+
+def test_path_at_the_length_limit_is_accepted() -> None:
+    stored = "a" * MAX_STORED_PATH_LENGTH
+    assert str(validate_stored_path(stored)) == stored
+    with pytest.raises(CheckpointError, match="longer than"):
+        validate_stored_path(stored + "a")
+
+
+@pytest.mark.parametrize("stored", ["x.pt", "sub/dir/x.pt", "./x.pt", "a..b.pt", "..hidden.pt", "x.pt~"])
+def test_validate_accepts_ordinary_relative_paths(stored: str) -> None:
+    assert not validate_stored_path(stored).is_absolute()
+
+
+def test_resolve_finds_file_inside_root(root: Path) -> None:
+    path = write(root, "runs/7/model.pt", b"x")
+    assert resolve_checkpoint_path(root, "runs/7/model.pt") == path.resolve()
+
+
+def test_missing_file_is_not_found(root: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint_path(root, "nope.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(root, "sub/nope.pt", "digits_mlp", None)
+
+
+def test_root_that_is_not_a_directory(tmp_path: Path) -> None:
+    not_dir = tmp_path / "file"
+    not_dir.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        resolve_checkpoint_path(not_dir, "x.pt")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        resolve_checkpoint_path(tmp_path / "missing-root", "x.pt")
+
+
+def test_symlink_leaving_the_root_is_rejected(root: Path, outside: Path) -> None:
+    target = outside / "victim.pt"
+    target.write_bytes(torch_bytes(digits_state()))
+    (root / "link.pt").symlink_to(target)
+    with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
+        resolve_checkpoint_path(root, "link.pt")
+    with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
+        load_checkpoint(root, "link.pt", "digits_mlp", None)
+
+
+def test_relative_symlink_escaping_via_dotdot_is_rejected(root: Path, outside: Path) -> None:
+    (outside / "victim.pt").write_bytes(torch_bytes(digits_state()))
+    (root / "link.pt").symlink_to(Path("..") / outside.name / "victim.pt")
+    with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
+        load_checkpoint(root, "link.pt", "digits_mlp", None)
+
+
+def test_symlinked_directory_leaving_the_root_is_rejected(root: Path, outside: Path) -> None:
+    (outside / "victim.pt").write_bytes(torch_bytes(digits_state()))
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
+        load_checkpoint(root, "sub/victim.pt", "digits_mlp", None)
+
+
+def test_symlink_inside_the_root_is_accepted(root: Path) -> None:
+    state = digits_state()
+    target = write(root, "store/real.pt", torch_bytes(state))
+    (root / "alias.pt").symlink_to(target)
+    assert resolve_checkpoint_path(root, "alias.pt") == target.resolve()
+    loaded = load_checkpoint(root, "alias.pt", "digits_mlp", None)
+    assert_same_weights(loaded.model, state)
+
+
+def test_root_given_through_a_symlink_still_works(tmp_path: Path, root: Path) -> None:
+    state = digits_state()
+    write(root, "m.pt", torch_bytes(state))
+    alias_root = tmp_path / "alias-root"
+    alias_root.symlink_to(root, target_is_directory=True)
+    loaded = load_checkpoint(alias_root, "m.pt", "digits_mlp", None)
+    assert_same_weights(loaded.model, state)
+
+
+def test_dangling_symlink_is_not_found(root: Path, outside: Path) -> None:
+    (root / "dangling.pt").symlink_to(outside / "never-written.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(root, "dangling.pt", "digits_mlp", None)
+
+
+def test_symlink_loop_is_rejected(root: Path) -> None:
+    (root / "a.pt").symlink_to(root / "b.pt")
+    (root / "b.pt").symlink_to(root / "a.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(root, "a.pt", "digits_mlp", None)
+
+
+def test_directory_is_rejected_by_load(root: Path) -> None:
+    (root / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(root, "dir.pt", "digits_mlp", None)
+
+
+def test_directory_is_rejected_by_resolve(root: Path) -> None:
+    (root / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError):
+        resolve_checkpoint_path(root, "dir.pt")
+
+
+def test_fifo_does_not_hang_the_worker(root: Path) -> None:
+    fifo = root / "pipe.pt"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            load_checkpoint(root, "pipe.pt", "digits_mlp", None)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(1.5)
+    blocked = thread.is_alive()
+    if blocked:  # release the reader so the thread ends: a writer that closes at once gives EOF
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+    assert not blocked, "load_checkpoint blocked on a FIFO"
+    assert isinstance(outcome[0], CheckpointError)
+
+
+def test_read_checkpoint_bytes_enforces_size_limit(root: Path) -> None:
+    path = write(root, "big.pt", b"x" * 100)
+    assert read_checkpoint_bytes(path, max_bytes=100) == b"x" * 100
+    with pytest.raises(CheckpointError, match="larger than 99 bytes"):
+        read_checkpoint_bytes(path, max_bytes=99)
+
+
+# --------------------------------------------------------------------------- loading: happy paths
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".PT"])
+def test_bare_state_dict_loads(root: Path, suffix: str) -> None:
+    state = digits_state(3)
+    data = torch_bytes(state)
+    write(root, f"m{suffix}", data)
+    loaded = load_checkpoint(root, f"m{suffix}", "digits_mlp", None)
+    assert isinstance(loaded, LoadedCheckpoint)
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest()
+    assert loaded.size == len(data)
+    assert loaded.path == (root / f"m{suffix}").resolve()
+    assert_same_weights(loaded.model, state)
+    assert not loaded.model.training
+
+
+def test_torch_save_to_a_real_file_loads(root: Path) -> None:
+    state = digits_state(4)
+    torch.save(state, root / "saved.pt")
+    loaded = load_checkpoint(root, "saved.pt", "digits_mlp", None)
+    assert_same_weights(loaded.model, state)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model_state_dict"])
+def test_wrapped_state_dict_loads(root: Path, key: str) -> None:
+    state = digits_state(5)
+    write(root, "wrapped.pt", torch_bytes({key: state, "epoch": 3, "lr": 0.01}))
+    loaded = load_checkpoint(root, "wrapped.pt", "digits_mlp", None)
+    assert_same_weights(loaded.model, state)
+
+
+def test_safetensors_loads(root: Path) -> None:
+    state = {k: v.contiguous() for k, v in digits_state(6).items()}
+    save_file(state, str(root / "m.safetensors"))
+    data = (root / "m.safetensors").read_bytes()
+    loaded = load_checkpoint(root, "m.safetensors", "digits_mlp", hashlib.sha256(data).hexdigest())
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest()
+    assert_same_weights(loaded.model, state)
+
+
+def test_loaded_model_computes_the_same_outputs(root: Path) -> None:
+    torch.manual_seed(7)
+    original = build_model("digits_mlp").eval()
+    write(root, "m.pt", torch_bytes(original.state_dict()))
+    loaded = load_checkpoint(root, "m.pt", "digits_mlp", None).model
+    inputs = torch.rand(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(original(inputs), loaded(inputs))
+
+
+# --------------------------------------------------------------------------- sha256
+
+
+def test_sha256_mismatch_is_rejected(root: Path) -> None:
+    write(root, "m.pt", torch_bytes(digits_state()))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(root, "m.pt", "digits_mlp", "0" * 64)
+
+
+def test_sha256_of_a_swapped_file_is_rejected(root: Path) -> None:
+    registered = torch_bytes(digits_state(1))
+    write(root, "m.pt", torch_bytes(digits_state(2)))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(root, "m.pt", "digits_mlp", hashlib.sha256(registered).hexdigest())
+
+
+@pytest.mark.parametrize("case", ["lower", "upper"])
+def test_matching_sha256_passes(root: Path, case: str) -> None:
+    data = torch_bytes(digits_state())
+    write(root, "m.pt", data)
+    digest = hashlib.sha256(data).hexdigest()
+    expected = digest.upper() if case == "upper" else digest
+    assert load_checkpoint(root, "m.pt", "digits_mlp", expected).sha256 == digest
+
+
+def test_sha256_checked_before_unpickling(root: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned-by-sha"
+    write(root, "evil.pt", torch_bytes(Exploit(marker)))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(root, "evil.pt", "digits_mlp", "f" * 64)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- loading: corrupt files
+
+
+def test_empty_file(root: Path) -> None:
+    write(root, "empty.pt", b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(root, "empty.pt", "digits_mlp", None)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_truncated_file(root: Path, suffix: str) -> None:
+    state = {k: v.contiguous() for k, v in digits_state().items()}
+    if suffix == ".safetensors":
+        save_file(state, str(root / "full.safetensors"))
+        data = (root / "full.safetensors").read_bytes()
+    else:
+        data = torch_bytes(state)
+    write(root, f"half{suffix}", data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(root, f"half{suffix}", "digits_mlp", None)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors"])
+def test_random_bytes(root: Path, suffix: str) -> None:
+    data = random.Random(1234).randbytes(4096)
+    write(root, f"noise{suffix}", data)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(root, f"noise{suffix}", "digits_mlp", None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'{"weights": [1, 2, 3]}\n', b"#!/bin/sh\necho hi\n", b"PK\x03\x04 not really a zip"],
+)
+def test_text_files_starting_with_non_pickle_opcodes(root: Path, text: bytes) -> None:
+    write(root, "notes.pt", text)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(root, "notes.pt", "digits_mlp", None)
+
+
+@pytest.mark.parametrize("text", [b"hello world\n", b"abc\n", b". \n"], ids=["hello", "abc", "dot"])
+def test_plain_text_file_is_a_checkpoint_error(root: Path, text: bytes) -> None:
+    write(root, "readme.pt", text)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(root, "readme.pt", "digits_mlp", None)
+
+
+def test_fuzzed_bytes_always_give_checkpoint_error(root: Path) -> None:
+    rng = random.Random(0)
+    escaped = []
+    for i in range(300):
+        data = rng.randbytes(rng.randint(1, 200))
+        write(root, "fuzz.pt", data)
+        try:
+            load_checkpoint(root, "fuzz.pt", "digits_mlp", None)
+        except CheckpointError:
+            continue
+        except Exception as exc:
+            escaped.append((i, type(exc).__name__))
+    assert not escaped
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pkl", ""])
+def test_unsupported_extension(root: Path, suffix: str) -> None:
+    write(root, f"model{suffix}", torch_bytes(digits_state()))
+    with pytest.raises(CheckpointError, match="unsupported extension"):
+        load_checkpoint(root, f"model{suffix}", "digits_mlp", None)
+
+
+def test_wrong_architecture(root: Path) -> None:
+    write(root, "fashion.pt", torch_bytes(build_model("fashion_cnn").state_dict()))
+    with pytest.raises(CheckpointError, match="does not fit architecture digits_mlp"):
+        load_checkpoint(root, "fashion.pt", "digits_mlp", None)
+    write(root, "digits.pt", torch_bytes(digits_state()))
+    with pytest.raises(CheckpointError, match="does not fit architecture fashion_cnn"):
+        load_checkpoint(root, "digits.pt", "fashion_cnn", None)
+
+
+def test_missing_key(root: Path) -> None:
+    state = digits_state()
+    del state["layers.3.bias"]
+    write(root, "missing.pt", torch_bytes(state))
+    with pytest.raises(CheckpointError, match="architecture digits_mlp") as caught:
+        load_checkpoint(root, "missing.pt", "digits_mlp", None)
+    assert "layers.3.bias" in str(caught.value)
+
+
+def test_extra_key(root: Path) -> None:
+    state = digits_state()
+    state["layers.9.weight"] = torch.zeros(3)
+    write(root, "extra.pt", torch_bytes(state))
+    with pytest.raises(CheckpointError, match="architecture digits_mlp") as caught:
+        load_checkpoint(root, "extra.pt", "digits_mlp", None)
+    assert "layers.9.weight" in str(caught.value)
+
+
+def test_wrong_shape(root: Path) -> None:
+    state = digits_state()
+    state["layers.1.weight"] = torch.zeros(16, 64)
+    write(root, "shape.pt", torch_bytes(state))
+    with pytest.raises(CheckpointError, match="architecture digits_mlp"):
+        load_checkpoint(root, "shape.pt", "digits_mlp", None)
+
+
+def test_wrong_architecture_error_is_one_line(root: Path) -> None:
+    write(root, "fashion.pt", torch_bytes(build_model("fashion_cnn").state_dict()))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(root, "fashion.pt", "digits_mlp", None)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(lambda s: {**s, "epoch": 3}, id="int-value"),
+        pytest.param(lambda s: {**s, "note": "hello"}, id="str-value"),
+        pytest.param(lambda s: {**s, "nested": {"a": torch.zeros(1)}}, id="nested-dict"),
+        pytest.param(lambda s: {**s, 5: torch.zeros(1)}, id="int-key"),
+        pytest.param(lambda s: {"state_dict": {**s, "x": [1, 2]}}, id="wrapped-list-value"),
+    ],
+)
+def test_non_tensor_entry(root: Path, payload) -> None:
+    write(root, "odd.pt", torch_bytes(payload(digits_state())))
+    with pytest.raises(CheckpointError, match="not a named tensor"):
+        load_checkpoint(root, "odd.pt", "digits_mlp", None)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [{}, [1, 2, 3], torch.zeros(3), 42, {"state_dict": {}}],
+    ids=["empty-dict", "list", "tensor", "int", "empty-wrapped"],
+)
+def test_not_a_state_dict(root: Path, obj: object) -> None:
+    write(root, "odd.pt", torch_bytes(obj))
+    with pytest.raises(CheckpointError, match="state dict"):
+        load_checkpoint(root, "odd.pt", "digits_mlp", None)
+
+
+def test_unknown_architecture(root: Path) -> None:
+    write(root, "m.pt", torch_bytes(digits_state()))
+    with pytest.raises(CheckpointError, match="unknown architecture 'resnet50'"):
+        load_checkpoint(root, "m.pt", "resnet50", None)
+
+
+def test_error_exit_code_is_data_error(root: Path) -> None:
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(root, "nope.pt", "digits_mlp", None)
+    assert caught.value.exit_code == 65
+
+
+# --------------------------------------------------------------------------- security: pickles that run code
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evil_payloads(marker: Path) -> dict[str, bytes]:
+    return {
+        "torch-save": torch_bytes(Exploit(marker)),
+        "raw-pickle": pickle.dumps(Exploit(marker)),
+        "raw-pickle-protocol-0": pickle.dumps(Exploit(marker), protocol=0),
+        "raw-pickle-protocol-2": pickle.dumps(Exploit(marker), protocol=2),
+        "torch-save-inside-state-dict": torch_bytes({**digits_state(), "layers.1.bias": Exploit(marker)}),
+        "torch-save-wrapped": torch_bytes({"state_dict": digits_state(), "hook": Exploit(marker)}),
+    }
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "torch-save",
+        "raw-pickle",
+        "raw-pickle-protocol-0",
+        "raw-pickle-protocol-2",
+        "torch-save-inside-state-dict",
+        "torch-save-wrapped",
+    ],
+)
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_code_execution_payload_is_refused(root: Path, tmp_path: Path, form: str, suffix: str) -> None:
+    marker = tmp_path / "pwned"
+    data = _evil_payloads(marker)[form]
+    write(root, f"x{suffix}", data)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(root, f"x{suffix}", "digits_mlp", hashlib.sha256(data).hexdigest())
+    assert not marker.exists()
+
+
+def test_sanity_the_payload_really_executes_with_plain_pickle(tmp_path: Path) -> None:
+    # Proves the security tests above would notice: unrestricted unpickling does run the payload.
+    marker = tmp_path / "pwned-plain"
+    pickle.loads(pickle.dumps(Exploit(marker)))
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- fashion_cnn reference layout
+
+
+class ReferenceFashionCNN(nn.Module):
+    """The widely used FashionMNIST CNN, written out independently of ckpt_eval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.2),
+            nn.Flatten(),
+            nn.Linear(3136, 256),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(256, 10),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_fashion_cnn_layout_matches_reference() -> None:
+    ours = build_model("fashion_cnn").state_dict()
+    reference = ReferenceFashionCNN().state_dict()
+    assert list(ours) == list(reference)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    assert ARCHITECTURES["fashion_cnn"].input_shape == (1, 28, 28)
+
+
+def test_reference_fashion_cnn_checkpoint_loads_strictly(root: Path) -> None:
+    torch.manual_seed(11)
+    reference = ReferenceFashionCNN().eval()
+    write(root, "fashion.pt", torch_bytes({"model_state_dict": reference.state_dict()}))
+    loaded = load_checkpoint(root, "fashion.pt", "fashion_cnn", None).model
+    assert_same_weights(loaded, reference.state_dict())
+    inputs = torch.rand(3, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(inputs), reference(inputs), atol=0, rtol=0)
