@@ -209,7 +209,13 @@ class Job:
                 if claim is None:
                     log.debug("checkpoint %r claimed by another worker", name)
                     continue
-                outcome = self._evaluate_and_record(claim)
+                try:
+                    outcome = self._evaluate_and_record(claim)
+                except BaseException:
+                    # Interrupted (or a database failure): hand the checkpoint back so the next
+                    # run takes it at once instead of waiting for the lease to expire.
+                    self._release_quietly(claim)
+                    raise
                 outcomes.append(outcome)
                 self.on_outcome(outcome)
         return JobSummary(tuple(outcomes))
@@ -230,10 +236,6 @@ class Job:
                     record = evaluate_claim(claim, self.settings, self.worker, beat.lost.is_set)
                 except EvaluationAborted:
                     return self._lost(claim, "lease lost during evaluation; stopped without writing")
-                except BaseException:
-                    # Interrupted: hand the checkpoint back so the next run takes it at once.
-                    self._release_quietly(claim)
-                    raise
         finally:
             heartbeat_repo.close()
         try:

@@ -3,6 +3,7 @@ plus the privileges of ckpt_eval_app."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 import psycopg
@@ -12,6 +13,7 @@ from ckpt_eval.credentials import DbCredentials
 from ckpt_eval.db.connection import RetryPolicy
 from ckpt_eval.db.repository import Repository, RunRecord
 from ckpt_eval.errors import LeaseLost
+from ckpt_eval.job import Heartbeat
 
 from .conftest import APP_PASSWORD, Deployment
 
@@ -98,6 +100,30 @@ def test_stale_worker_is_fenced_off_after_its_lease_was_taken_over(repositories,
 
     run_id = second.finish(fresh, record())
     assert deployment.rows("SELECT run_id, attempt FROM ckpt_eval.evaluation_runs") == [[str(run_id), "2"]]
+
+
+def test_heartbeat_keeps_a_lease_alive_and_notices_when_it_is_taken(repositories, deployment: Deployment) -> None:
+    first, second = repositories
+    claim = first.claim("digits-mlp-good", "w1", "token-1", 1)
+    beating = Repository(app_credentials(deployment), POLICY)
+    with Heartbeat(beating, claim, lease_seconds=1, interval=0.2) as heartbeat:
+        time.sleep(2.5)  # more than twice the lease: only the heartbeats keep it
+        assert second.claim("digits-mlp-good", "w2", "token-2", 60) is None
+        assert not heartbeat.lost.is_set()
+        deployment.sql("UPDATE ckpt_eval.checkpoints SET lease_token = 'stolen' WHERE name = 'digits-mlp-good'")
+        assert heartbeat.lost.wait(timeout=5), "a lost lease is noticed at the next heartbeat"
+    beating.close()
+    with pytest.raises(LeaseLost):
+        first.finish(claim, record())
+
+
+def test_without_heartbeats_the_lease_expires_and_is_taken_over(repositories) -> None:
+    first, second = repositories
+    assert first.claim("digits-mlp-good", "w1", "token-1", 1) is not None
+    time.sleep(1.5)
+    taken = second.claim("digits-mlp-good", "w2", "token-2", 60)
+    assert taken is not None
+    assert taken.attempt == 2
 
 
 def test_release_hands_the_checkpoint_back(repositories, deployment: Deployment) -> None:
