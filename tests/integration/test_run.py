@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 
 from ckpt_eval.datasets import write_idx
 
-from .conftest import Deployment
+from .conftest import CKPT_EVAL, Deployment
 
 GOOD, UNDERTRAINED = 1, 2
 
@@ -226,3 +228,37 @@ def test_fashion_cnn_state_dict_on_idx_files_matches_scikit_learn(deployment: De
     assert int(n_samples) == 300
     assert len(dataset_sha) == 64
     assert expected_accuracy > 0.5, "the fixture model should have learnt the bands"
+
+
+def test_progress_bar_only_on_a_terminal(deployment: Deployment) -> None:
+    plain = deployment.ckpt_eval("run", "--force")
+    assert "2/2" not in plain.stderr
+    assert "evaluating:" not in plain.stderr
+
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [CKPT_EVAL, "run", "--force"],
+            cwd=deployment.workdir,
+            env=deployment.env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        )
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO once the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.communicate(timeout=120)
+    finally:
+        os.close(controller)
+    assert process.returncode == 3
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "evaluating:" in shown
+    assert "2/2" in shown
