@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 import subprocess
+import termios
 
 import numpy as np
 import torch
@@ -236,6 +239,8 @@ def test_progress_bar_only_on_a_terminal(deployment: Deployment) -> None:
     assert "evaluating:" not in plain.stderr
 
     controller, terminal = os.openpty()
+    # A new pseudo-terminal is 0 columns wide; give it a real terminal's size.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     try:
         process = subprocess.Popen(
             [CKPT_EVAL, "run", "--force"],
