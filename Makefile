@@ -1,9 +1,9 @@
-# ckpt-eval: `make demo` runs the job on a throwaway PostgreSQL; `make test` runs every test with coverage.
+# ckpt-eval: `make deploy` deploys and evaluates on this machine; `make test` runs every test with coverage.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test unit integration lint clean
+.PHONY: venv deploy demo test unit integration lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(BIN)/.installed
+
+deploy: venv
+	$(BIN)/ansible-playbook -i inventories/local playbooks/deploy.yml --vault-password-file inventories/local/vault-password
 
 demo: venv
 	$(BIN)/python scripts/local_demo.py

@@ -1,4 +1,6 @@
 -- ckpt-eval schema and registry of the shipped demo checkpoints.
+-- ckpt-eval schema version: 1   (the deployment applies this file only when this number is newer
+--                                than the highest row of ckpt_eval.schema_version; keep both in step)
 --
 -- Apply as a superuser to the database ckpt_eval:
 --     psql -v ON_ERROR_STOP=1 -d ckpt_eval -f init.sql
