@@ -1,0 +1,359 @@
+"""The real ansible-playbook against this machine through the local inventory, and the checks
+that need no target: syntax, ansible-lint (production profile), yamllint, the production preflight
+and the gpinitsystem configuration rendered from the production inventory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from ckpt_eval.credentials import decrypt_credentials, read_password_file
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LOCAL_INVENTORY = "inventories/local/hosts.yml"
+PRODUCTION_INVENTORY = "inventories/production/hosts.yml"
+DEMO_PASSWORD_FILE = REPO / "inventories" / "local" / "vault-password"
+PLAYBOOKS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "playbooks").glob("*.yml"))
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the local deployment runs as root")
+
+
+def demo_secrets() -> list[str]:
+    """Every secret the local deployment handles: the vault password, the app and owner passwords."""
+    vault_password = read_password_file(str(DEMO_PASSWORD_FILE))
+    creds = decrypt_credentials(REPO / "db.credentials", vault_password)
+    owner = ansible_vault_view(REPO / "inventories" / "local" / "group_vars" / "all" / "vault.yml")
+    return [vault_password.decode(), creds.password, yaml.safe_load(owner)["vault_ckpt_eval_owner_password"]]
+
+
+def ansible_vault_view(path: Path) -> str:
+    return subprocess.run(
+        [BIN / "ansible-vault", "view", "--vault-password-file", DEMO_PASSWORD_FILE, path],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "CKPT_EVAL_"))}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return env
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def changed(self) -> dict[str, int]:
+        return {host: counts["changed"] for host, counts in self.recap.items()}
+
+
+def ansible_playbook(
+    *args: str, inventory: str = LOCAL_INVENTORY, password_file: Path = DEMO_PASSWORD_FILE
+) -> PlaybookRun:
+    completed = subprocess.run(
+        [BIN / "ansible-playbook", "-i", inventory, "--vault-password-file", str(password_file), *args],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    recap = {
+        host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
+        for host, ok, changed, unreachable, failed in RECAP.findall(output)
+    }
+    return PlaybookRun(completed.returncode, output, recap)
+
+
+def latest_runs() -> dict[int, int]:
+    """checkpoint_id -> number of runs, read as the superuser over the local socket."""
+    out = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            "ckpt_eval",
+            "-c",
+            "SELECT checkpoint_id, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1 ORDER BY 1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {int(a): int(b) for a, b in (line.split("|") for line in out.split())}
+
+
+# -- no target needed -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+@pytest.mark.parametrize("inventory", [LOCAL_INVENTORY, PRODUCTION_INVENTORY])
+def test_syntax_check(playbook: str, inventory: str) -> None:
+    result = ansible_playbook("--syntax-check", playbook, inventory=inventory)
+    assert result.returncode == 0, result.output
+
+
+def test_ansible_lint_production_profile_passes_with_no_rule_disabled() -> None:
+    config = yaml.safe_load((REPO / ".ansible-lint").read_text())
+    assert config["profile"] == "production"
+    assert not config.get("skip_list"), "no rule may be disabled"
+    assert not config.get("warn_list"), "no rule may be disabled"
+    env = {**environment(), "ANSIBLE_VAULT_PASSWORD_FILE": str(DEMO_PASSWORD_FILE)}
+    result = subprocess.run(
+        [BIN / "ansible-lint", "--profile", "production", "--nocolor"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "noqa"
+        not in subprocess.run(
+            ["grep", "-rn", "noqa", "roles", "playbooks", "inventories"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    )
+
+
+def test_yamllint_passes() -> None:
+    result = subprocess.run(
+        [BIN / "yamllint", "--strict", "-c", ".yamllint", "roles", "playbooks", "inventories", ".ansible-lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_production_inventory_with_the_demo_password_stops_before_any_change() -> None:
+    for playbook in ("playbooks/deploy.yml", "playbooks/evaluate.yml"):
+        result = ansible_playbook(playbook, inventory=PRODUCTION_INVENTORY)
+        assert result.returncode != 0
+        assert "public demo vault password" in result.output
+        assert "ansible-vault rekey" in result.output
+        assert all(counts["changed"] == 0 for counts in result.recap.values()), result.output
+        # Only the preflight ran: no host was contacted, nothing was gathered.
+        assert "Gathering Facts" not in result.output
+        assert "UNREACHABLE" not in result.output
+
+
+def test_production_vault_password_script_prints_the_environment_secret() -> None:
+    script = REPO / "inventories" / "production" / "vault-password.sh"
+    assert os.access(script, os.X_OK)
+    ok = subprocess.run([script], env={"ANSIBLE_VAULT_PASSWORD": "s3cret"}, capture_output=True, text=True, check=False)
+    assert (ok.returncode, ok.stdout) == (0, "s3cret\n")
+    missing = subprocess.run([script], env={}, capture_output=True, text=True, check=False)
+    assert missing.returncode != 0
+    assert "ANSIBLE_VAULT_PASSWORD is not set" in missing.stderr
+
+
+def test_gpinitsystem_configuration_renders_from_the_production_inventory(tmp_path: Path) -> None:
+    result = ansible_playbook(
+        "tests/deploy/render_gpinitsystem.yml",
+        "-e",
+        "ansible_connection=local",
+        "-e",
+        "ansible_python_interpreter=/usr/bin/python3",
+        "-e",
+        f"render_dir={tmp_path}",
+        inventory=PRODUCTION_INVENTORY,
+    )
+    assert result.returncode == 0, result.output
+    config = (tmp_path / "gpinitsystem_config").read_text()
+    assert "COORDINATOR_HOSTNAME=cdw\n" in config
+    assert "COORDINATOR_PORT=5432\n" in config
+    assert f"MACHINE_LIST_FILE={tmp_path}/hostfile_gpinitsystem\n" in config
+    assert "declare -a DATA_DIRECTORY=(/data/primary)" in config
+    assert (tmp_path / "hostfile_gpinitsystem").read_text().split() == ["sdw1", "sdw2"]
+
+
+# -- the real deployment on this machine ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first_deploy() -> PlaybookRun:
+    if os.geteuid() != 0:
+        pytest.skip("the local deployment runs as root")
+    return ansible_playbook("-vv", "playbooks/deploy.yml")
+
+
+@needs_root
+def test_deploy_provisions_and_evaluates_every_checkpoint(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0, first_deploy.output[-5000:]
+    assert first_deploy.recap["localhost"]["failed"] == 0
+    assert "digits-mlp-good" in first_deploy.output
+    assert "accuracy=" in first_deploy.output, "the deploy ends by printing the metrics"
+    runs = latest_runs()
+    assert set(runs) >= {1, 2}
+    assert all(count >= 1 for count in runs.values())
+
+
+@needs_root
+def test_second_deploy_changes_nothing(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    before = latest_runs()
+    again = ansible_playbook("playbooks/deploy.yml")
+    assert again.returncode == 0, again.output[-5000:]
+    assert again.changed() == {"localhost": 0}, again.output[-5000:]
+    assert latest_runs() == before
+
+
+@needs_root
+def test_check_diff_reports_no_change_and_prints_no_secret(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    check = ansible_playbook("--check", "--diff", "playbooks/deploy.yml")
+    assert check.returncode == 0, check.output[-5000:]
+    assert check.changed() == {"localhost": 0}, check.output[-5000:]
+    for secret in demo_secrets():
+        assert secret not in check.output
+
+
+@needs_root
+def test_rerun_of_one_checkpoint_adds_exactly_one_run_and_no_secret_in_argv(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    before = latest_runs()
+    secrets = demo_secrets()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch_processes() -> None:
+        while not done.is_set():
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit():
+                    try:
+                        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    except OSError:
+                        continue
+                    if "ckpt-eval" in cmdline and " run" in cmdline:
+                        seen.append(cmdline)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_processes, daemon=True)
+    watcher.start()
+    try:
+        rerun = ansible_playbook("-vv", "playbooks/evaluate.yml", "-e", "force=true", "-e", '{"checkpoint_ids": [1]}')
+    finally:
+        done.set()
+        watcher.join()
+    assert rerun.returncode == 0, rerun.output[-5000:]
+    assert rerun.changed() == {"localhost": 1}
+    after = latest_runs()
+    assert after[1] == before[1] + 1
+    assert {k: v for k, v in after.items() if k != 1} == {k: v for k, v in before.items() if k != 1}
+    assert seen, "the job's command line was observed while it ran"
+    for text in [*seen, rerun.output]:
+        for secret in secrets:
+            assert secret not in text
+
+
+@needs_root
+def test_gate_failure_is_a_result_unless_fail_on_gate(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    reported = ansible_playbook("playbooks/evaluate.yml", "-e", "force=true", "-e", '{"checkpoint_ids": [2]}')
+    assert reported.returncode == 0, reported.output[-3000:]
+    assert "exit 3" in reported.output
+    gated = ansible_playbook(
+        "playbooks/evaluate.yml", "-e", "force=true", "-e", '{"checkpoint_ids": [2]}', "-e", "fail_on_gate=true"
+    )
+    assert gated.returncode != 0
+    assert "failed its quality gate" in gated.output
+    dry = ansible_playbook("playbooks/evaluate.yml", "-e", "dry_run=true", "-e", "force=true")
+    assert dry.returncode == 0
+    assert dry.changed() == {"localhost": 0}
+
+
+@needs_root
+def test_deployment_output_and_written_files_hold_no_secret(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    secrets = demo_secrets()
+    for secret in secrets:
+        assert secret not in first_deploy.output, "a secret was printed at -vv"
+    written = [
+        *Path("/etc/ckpt-eval").rglob("*"),
+        *Path("/opt/ckpt-eval/src").rglob("*"),
+        *Path("/var/lib/ckpt-eval").rglob("*"),
+        *Path("/var/lib/ckpt-eval-db").rglob("*"),
+        *Path("/etc/postgresql").rglob("*"),
+    ]
+    files = [path for path in written if path.is_file()]
+    assert Path("/etc/ckpt-eval/db.credentials") in files
+    for path in files:
+        content = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in content, f"{path} holds a secret"
+    assert Path("/etc/ckpt-eval/db.credentials").read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    mode = Path("/etc/ckpt-eval/db.credentials").stat().st_mode & 0o777
+    assert mode == 0o640
+    assert not Path("/etc/ckpt-eval/vault-password").exists(), "no schedule, so no stored vault password"
+
+
+@needs_root
+def test_pg_hba_admits_the_app_role_only_from_the_classifier_address(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    creds = decrypt_credentials(REPO / "db.credentials", read_password_file(str(DEMO_PASSWORD_FILE)))
+    with psycopg.connect(**creds.connect_kwargs()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("ckpt_eval_app",)
+    refused = [
+        {"host": "/var/run/postgresql"},  # same role and password over the local socket: no hba entry
+        {"dbname": "postgres"},  # same role from the right address to another database
+    ]
+    for change in refused:
+        with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+            psycopg.connect(**{**creds.connect_kwargs(), **change, "connect_timeout": 5})
+    with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+        psycopg.connect(
+            host="127.0.0.1", port=creds.port, dbname="ckpt_eval", user="postgres", password="x", connect_timeout=5
+        )
+    # The database keeps a SCRAM verifier, never the password itself.
+    verifier = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert verifier.startswith("SCRAM-SHA-256$")
