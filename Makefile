@@ -34,6 +34,8 @@ integration: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/yamllint --strict -c .yamllint .
+	ANSIBLE_VAULT_PASSWORD_FILE=inventories/local/vault-password $(BIN)/ansible-lint --profile production
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache
