@@ -86,27 +86,19 @@ def ansible_playbook(
     return PlaybookRun(completed.returncode, output, recap)
 
 
-def latest_runs() -> dict[int, int]:
-    """checkpoint_id -> number of runs, read as the superuser over the local socket."""
-    out = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-d",
-            "ckpt_eval",
-            "-c",
-            "SELECT checkpoint_id, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1 ORDER BY 1",
-        ],
+def superuser_sql(query: str, dbname: str = "ckpt_eval") -> str:
+    """Run SQL as the postgres superuser over the local socket (peer authentication)."""
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-d", dbname, "-c", query],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def latest_runs() -> dict[int, int]:
+    """checkpoint_id -> number of runs."""
+    out = superuser_sql("SELECT checkpoint_id, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1 ORDER BY 1")
     return {int(a): int(b) for a, b in (line.split("|") for line in out.split())}
 
 
@@ -339,21 +331,5 @@ def test_pg_hba_admits_the_app_role_only_from_the_classifier_address(first_deplo
             host="127.0.0.1", port=creds.port, dbname="ckpt_eval", user="postgres", password="x", connect_timeout=5
         )
     # The database keeps a SCRAM verifier, never the password itself.
-    verifier = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-c",
-            "SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    verifier = superuser_sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'", "postgres")
     assert verifier.startswith("SCRAM-SHA-256$")

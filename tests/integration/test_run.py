@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from ckpt_eval.datasets import write_idx
+from tests.support.reference_models import ReferenceFashionCNN
 
 from .conftest import CKPT_EVAL, Deployment
 
@@ -156,32 +157,6 @@ def test_json_output_of_run(deployment: Deployment) -> None:
     }
 
 
-def reference_fashion_cnn() -> nn.Module:
-    """The widely used FashionMNIST CNN, written independently of ckpt_eval.models."""
-
-    class Reference(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.Sequential(
-                nn.Conv2d(1, 8, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(8, 16, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Dropout(0.2),
-                nn.Flatten(),
-                nn.Linear(3136, 256),
-                nn.ReLU(),
-                nn.Dropout(0.2),
-                nn.Linear(256, 10),
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layers(x)
-
-    return Reference()
-
-
 def test_fashion_cnn_state_dict_on_idx_files_matches_scikit_learn(deployment: Deployment) -> None:
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 10, size=300).astype(np.uint8)
@@ -193,7 +168,7 @@ def test_fashion_cnn_state_dict_on_idx_files_matches_scikit_learn(deployment: De
     write_idx(deployment.data_dir / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
 
     torch.manual_seed(0)
-    model = reference_fashion_cnn()
+    model = ReferenceFashionCNN()
     inputs = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     target = torch.from_numpy(labels.astype(np.int64))

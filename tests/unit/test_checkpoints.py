@@ -25,6 +25,7 @@ from ckpt_eval.checkpoints import (
 )
 from ckpt_eval.errors import CheckpointError
 from ckpt_eval.models import ARCHITECTURES, build_model
+from tests.support.reference_models import ReferenceFashionCNN
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
@@ -528,29 +529,6 @@ def test_sanity_the_payload_really_executes_with_plain_pickle(tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- fashion_cnn reference layout
-
-
-class ReferenceFashionCNN(nn.Module):
-    """The widely used FashionMNIST CNN, written out independently of ckpt_eval."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Dropout(0.2),
-            nn.Flatten(),
-            nn.Linear(3136, 256),
-            nn.ReLU(),
-            nn.Dropout(0.2),
-            nn.Linear(256, 10),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 def test_fashion_cnn_layout_matches_reference() -> None:
