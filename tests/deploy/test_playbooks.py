@@ -333,3 +333,27 @@ def test_pg_hba_admits_the_app_role_only_from_the_classifier_address(first_deplo
     # The database keeps a SCRAM verifier, never the password itself.
     verifier = superuser_sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'", "postgres")
     assert verifier.startswith("SCRAM-SHA-256$")
+
+
+@needs_root
+def test_tls_on_makes_the_app_role_use_it(first_deploy: PlaybookRun) -> None:
+    """Runs last: switches TLS on (self-signed), checks hostssl, then deploys the default again."""
+    assert first_deploy.returncode == 0
+    creds = decrypt_credentials(REPO / "db.credentials", read_password_file(str(DEMO_PASSWORD_FILE)))
+    certificate = Path("/etc/postgresql/15/main/ckpt-eval-server.crt")
+    try:
+        tls = ansible_playbook("playbooks/deploy.yml", "-e", "greenplum_tls=true")
+        assert tls.returncode == 0, tls.output[-5000:]
+        verified = {**creds.connect_kwargs(), "sslmode": "verify-full", "sslrootcert": str(certificate)}
+        with psycopg.connect(**verified) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+            psycopg.connect(**{**creds.connect_kwargs(), "sslmode": "disable", "connect_timeout": 5})
+        assert (Path("/etc/postgresql/15/main/ckpt-eval-server.key").stat().st_mode & 0o777) == 0o600
+        again = ansible_playbook("playbooks/deploy.yml", "-e", "greenplum_tls=true")
+        assert again.changed() == {"localhost": 0}, again.output[-5000:]
+    finally:
+        restored = ansible_playbook("playbooks/deploy.yml")
+    assert restored.returncode == 0, restored.output[-5000:]
+    with psycopg.connect(**{**creds.connect_kwargs(), "sslmode": "disable"}) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("ckpt_eval_app",)
