@@ -14,8 +14,7 @@ from ckpt_eval.db.connection import RetryPolicy
 from ckpt_eval.db.repository import Repository, RunRecord
 from ckpt_eval.errors import LeaseLost
 from ckpt_eval.job import Heartbeat
-
-from .conftest import APP_PASSWORD, Deployment
+from tests.support.deployment import APP_PASSWORD, Deployment
 
 POLICY = RetryPolicy(attempts=2, max_seconds=5, initial_wait=0.1, max_wait=0.2)
 

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from ckpt_eval.models import build_model
+from tests.support.deployment import APP_PASSWORD, VAULT_PASSWORD, Deployment
 from tests.support.pgcluster import free_port
-
-from .conftest import APP_PASSWORD, VAULT_PASSWORD, Deployment
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> None:

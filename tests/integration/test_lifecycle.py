@@ -13,8 +13,7 @@ import torch
 
 from ckpt_eval.datasets import write_idx
 from ckpt_eval.models import build_model
-
-from .conftest import CKPT_EVAL, REPO, Deployment
+from tests.support.deployment import CKPT_EVAL, REPO, Deployment
 
 
 def slow_fashion_checkpoint(deployment: Deployment, images: int = 6000) -> int:

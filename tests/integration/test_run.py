@@ -15,9 +15,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from ckpt_eval.datasets import write_idx
+from tests.support.deployment import CKPT_EVAL, Deployment
 from tests.support.reference_models import ReferenceFashionCNN
-
-from .conftest import CKPT_EVAL, Deployment
 
 GOOD, UNDERTRAINED = 1, 2
 

@@ -7,9 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.deployment import APP_PASSWORD, CKPT_EVAL, VAULT_PASSWORD, Deployment
 from tests.support.pgcluster import free_port
-
-from .conftest import APP_PASSWORD, CKPT_EVAL, VAULT_PASSWORD, Deployment
 
 DEBUG_JSON = ("--log-level", "debug", "--log-format", "json")
 

@@ -1,5 +1,6 @@
-"""Integration fixtures: one real PostgreSQL per test session, a fresh database per test,
-the real `ckpt-eval` CLI in a subprocess, and credentials in the real ansible-vault format."""
+"""A deployment under test: one real PostgreSQL per test session, a fresh database per test,
+the real `ckpt-eval` CLI in a subprocess, and credentials in the real ansible-vault format.
+The fixtures are registered in tests/conftest.py."""
 
 from __future__ import annotations
 
