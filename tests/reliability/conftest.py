@@ -53,9 +53,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
     entry = _RESULTS.get(item.nodeid)
-    if entry is not None:
-        if report.when == "call" or (report.when == "setup" and not report.passed):
-            entry.result = "skipped" if report.skipped else "PASS" if report.passed else "FAIL"
+    if entry is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        entry.result = "skipped" if report.skipped else "PASS" if report.passed else "FAIL"
     return report
 
 
