@@ -9,6 +9,7 @@ Nothing decrypted is ever written to disk, logged or put in an exception message
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -64,12 +65,32 @@ class DbCredentials:
 
 def take_password_from_environment() -> bytes | None:
     """Remove ANSIBLE_VAULT_PASSWORD from the environment and return it (called once, at start)."""
-    value = os.environb.pop(PASSWORD_ENV.encode(), None)
+    value = os.environb.get(PASSWORD_ENV.encode())
+    if value is not None:
+        _wipe_initial_environment_value(PASSWORD_ENV.encode())
+    os.environb.pop(PASSWORD_ENV.encode(), None)
     os.environ.pop(PASSWORD_ENV, None)
     if value is None:
         return None
     # A pipeline secret often ends with a newline; Ansible strips CR/LF from a password script's output.
     return value.rstrip(b"\r\n")
+
+
+def _wipe_initial_environment_value(name: bytes) -> None:
+    """Overwrite a variable's value in the environment block the process started with.
+
+    Dropping it from os.environ keeps it from children, but /proc/<pid>/environ shows the block the
+    process was started with; getenv() still points into that block, so its bytes are zeroed in place.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        address = libc.getenv(name)
+        if address:
+            ctypes.memset(address, 0, len(ctypes.string_at(address)))
+    except (OSError, AttributeError):  # no C library to ask (not Linux): children are still protected
+        log.debug("could not wipe %s from the initial environment", name.decode())
 
 
 def _strip_password_file(raw: bytes) -> bytes:
