@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: venv deploy demo test unit integration lint clean
+.PHONY: venv deploy demo test unit integration reliability lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: venv
 	$(BIN)/coverage run -m pytest tests
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
+
+reliability: venv
+	$(BIN)/pytest tests/reliability
 
 unit: venv
 	$(BIN)/pytest tests/unit
