@@ -4,6 +4,8 @@ and the gpinitsystem configuration rendered from the production inventory."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -357,3 +359,34 @@ def test_tls_on_makes_the_app_role_use_it(first_deploy: PlaybookRun) -> None:
     assert restored.returncode == 0, restored.output[-5000:]
     with psycopg.connect(**{**creds.connect_kwargs(), "sslmode": "disable"}) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("ckpt_eval_app",)
+
+
+@needs_root
+def test_datasets_are_installed_only_when_their_checksums_match(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "data"
+    source.mkdir()
+    target.mkdir()
+    files = {"t10k-images-idx3-ubyte.gz": b"images", "t10k-labels-idx1-ubyte.gz": b"labels"}
+    for name, content in files.items():
+        (source / name).write_bytes(content)
+
+    def install(checksums: dict[str, str]) -> PlaybookRun:
+        extra = {
+            "classifier_fashion_mnist_source": str(source),
+            "classifier_fashion_mnist_files": checksums,
+            "classifier_data_dir": str(target),
+            "classifier_user": "root",
+        }
+        (tmp_path / "vars.json").write_text(json.dumps(extra))
+        return ansible_playbook("tests/deploy/install_datasets.yml", "-e", f"@{tmp_path / 'vars.json'}")
+
+    good = {name: "sha256:" + hashlib.sha256(content).hexdigest() for name, content in files.items()}
+    tampered = {**good, "t10k-labels-idx1-ubyte.gz": "sha256:" + "0" * 64}
+    refused = install(tampered)
+    assert refused.returncode != 0
+    assert not (target / "fashion_mnist" / "t10k-images-idx3-ubyte.gz").exists(), "nothing installed"
+    installed = install(good)
+    assert installed.returncode == 0, installed.output[-3000:]
+    for name, content in files.items():
+        assert (target / "fashion_mnist" / name).read_bytes() == content
+    assert install(good).changed() == {"localhost": 0}
