@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -23,6 +23,9 @@ from .errors import (
     MissingInputError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from .db.connection import RetryPolicy
 
 log = logging.getLogger("ckpt_eval")
 
@@ -155,8 +158,8 @@ def _load_credentials(credentials: Path, vault_password_file: str | None) -> DbC
         del password
 
 
-def _retry_policy(db_retries: int, db_retry_seconds: float) -> Any:
-    from .db.connection import RetryPolicy
+def _retry_policy(db_retries: int, db_retry_seconds: float) -> RetryPolicy:
+    from .db.connection import RetryPolicy  # heavy (psycopg): imported once a command needs it
 
     return RetryPolicy(attempts=db_retries, max_seconds=db_retry_seconds)
 
@@ -363,14 +366,13 @@ def train(arch: str, dataset: str, out: Path, epochs: int, seed: int, lr: float,
     """Train a small checkpoint reproducibly (demo and test checkpoints)."""
     from .checkpoints import sha256_file
     from .datasets import load_dataset
-    from .errors import CheckpointError as ArchError
     from .train import save_checkpoint, train_model
 
     _start_logging(options)
     data = load_dataset(dataset, options["data_dir"], split="train")
     try:
         model = train_model(arch, data, epochs=epochs, seed=seed, lr=lr)
-    except ArchError as exc:
+    except CheckpointError as exc:  # architecture and dataset do not fit together
         raise UsageError(str(exc)) from None
     save_checkpoint(model, out)
     click.echo(f"wrote {out} (sha256 {sha256_file(out)})")
