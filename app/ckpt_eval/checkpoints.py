@@ -127,7 +127,10 @@ def deserialize_state_dict(data: bytes, suffix: str, name: str) -> dict[str, tor
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "rejected"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's message starts with generic advice; the line naming the refused global says what it was.
+        telling = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+        first_line = (telling or lines or ["rejected"])[0]
         raise CheckpointError(
             f"checkpoint {name} refused: it is not a plain tensor state dict "
             f"(weights_only load rejected it: {first_line[:200]})"

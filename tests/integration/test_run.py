@@ -146,7 +146,7 @@ def test_status_shows_registry_and_latest_results(deployment: Deployment) -> Non
 
 
 def test_json_output_of_run(deployment: Deployment) -> None:
-    result = deployment.ckpt_eval("run", "--format", "json")
+    result = deployment.ckpt_eval("run", "--format", "json", "--torch-threads", "1")
     assert result.returncode == 3
     report = json.loads(result.stdout)
     assert report["all_passed"] is False

@@ -29,10 +29,12 @@ _AUTH_MARKERS = (
     "does not support password authentication",
     "server did not complete authentication",
     "certificate verify failed",
-    "server certificate",
+    'server certificate for "',  # the server's certificate names another host
     "no password supplied",
 )
-_CONFIG_MARKERS = ("does not exist", "invalid connection option", "invalid sslmode", "could not read root certificate")
+# Local problems: checked first, because libpq's advice on them mentions server certificates too.
+_CLIENT_CONFIG_MARKERS = ("root certificate file", "could not read root certificate", "invalid sslmode")
+_CONFIG_MARKERS = ("does not exist", "invalid connection option")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def classify_connect_error(exc: psycopg.Error, creds: DbCredentials) -> Exceptio
     text = str(exc)
     where = f"{creds.user}@{creds.host}:{creds.port}/{creds.dbname}"
     lowered = text.lower()
+    if any(marker in lowered for marker in _CLIENT_CONFIG_MARKERS):
+        return ConfigError(f"cannot connect to {where}: {_last_line(text)}")
     unknown_role = 'role "' in lowered and "does not exist" in lowered
     if unknown_role or any(marker in lowered for marker in _AUTH_MARKERS):
         return AuthenticationError(f"database refused {where}: {_last_line(text)}")
