@@ -46,19 +46,8 @@ SECRETS = (VAULT_PASSWORD, APP_PASSWORD)
 # --------------------------------------------------------------------------- helpers
 
 
-def superuser(deployment: Deployment) -> psycopg.Connection:
-    """The superuser over the cluster's Unix socket: exact values, no psql text parsing."""
-    return psycopg.connect(
-        host=str(deployment.cluster.sockdir),
-        port=deployment.cluster.port,
-        user="postgres",
-        dbname=deployment.dbname,
-        autocommit=True,
-    )
-
-
 def query(deployment: Deployment, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    with superuser(deployment) as conn:
+    with deployment.superuser() as conn:
         return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]
 
 
@@ -582,12 +571,12 @@ REFUSED_ROWS = {
 @pytest.mark.parametrize("case_id", list(REFUSED_ROWS))
 def test_database_refuses_unstorable_paths(deployment: Deployment, figure, case_id: str) -> None:
     case = REFUSED_ROWS[case_id]
-    with superuser(deployment) as conn, pytest.raises(case.error) as refused:
+    with deployment.superuser() as conn, pytest.raises(case.error) as refused:
         conn.execute(case.statement)
     assert case.message in str(refused.value)
     assert query(deployment, "SELECT count(*) FROM ckpt_eval.checkpoints WHERE name = 'hostile'") == [(0,)]
     # the client library refuses a NUL parameter before the server is even asked
     if case_id == "path-nul-byte":
-        with superuser(deployment) as conn, pytest.raises(psycopg.DataError, match="NUL"):
+        with deployment.superuser() as conn, pytest.raises(psycopg.DataError, match="NUL"):
             conn.execute(INSERT, ("digits-mlp-good.pt\x00.pt",))
     figure(f"SQLSTATE {refused.value.sqlstate}: {str(refused.value).splitlines()[0][:80]}")

@@ -10,14 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 import torch
 
 from ckpt_eval.datasets import write_idx
 from ckpt_eval.models import build_model
-from tests.support.deployment import APP_PASSWORD, REPO, Deployment
-from tests.support.pgcluster import PgCluster, create_app_database, free_port
+from tests.support.deployment import Deployment, new_deployment
+from tests.support.pgcluster import PgCluster, free_port
 
 from .workers import Worker, run_counts, start_worker
 
@@ -25,27 +24,15 @@ METRIC_ROWS_PER_RUN = 6 + 4 * 10  # overall metrics + precision/recall/f1/suppor
 
 
 @pytest.fixture
-def own_deployment(tmp_path: Path, deployment: Deployment) -> Iterator[Deployment]:
-    """A deployment like `deployment`, but on a PostgreSQL server of its own."""
+def own_deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment on a PostgreSQL server of its own, which the scenario may stop."""
     server = PgCluster()
     try:
         server.init()
         server.write_hba(["host all ckpt_eval_app 127.0.0.1/32 scram-sha-256"])
         server.start()
         server.wait_ready()
-        create_app_database(server, REPO / "init.sql", APP_PASSWORD, dbname="ckpt_eval")
-        own = Deployment(
-            cluster=server,
-            dbname="ckpt_eval",
-            workdir=deployment.workdir,
-            checkpoint_root=deployment.checkpoint_root,
-            data_dir=deployment.data_dir,
-            credentials=deployment.credentials,
-            password_file=deployment.password_file,
-            env=dict(deployment.env),
-        )
-        own.write_credentials()
-        yield own
+        yield new_deployment(server, tmp_path, dbname="ckpt_eval")
     finally:
         server.destroy()
 
@@ -143,18 +130,11 @@ def test_server_that_never_answers(deployment: Deployment, figure) -> None:
     "Statement timeout", "a blocked statement times out: exit 75, nothing written; next run completes"
 )
 def test_statement_timeout_then_recovery(deployment: Deployment, figure) -> None:
-    blocker = psycopg.connect(
-        host=str(deployment.cluster.sockdir), port=deployment.cluster.port, user="postgres", dbname=deployment.dbname
-    )
-    try:
-        blocker.execute("BEGIN")
+    with deployment.superuser() as blocker, blocker.transaction():
         blocker.execute("LOCK TABLE ckpt_eval.checkpoints IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
         blocked = deployment.ckpt_eval("run", "--statement-timeout", "1", "--db-retries", "2")
         elapsed = time.monotonic() - started
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert blocked.returncode == 75, blocked.stderr[-2000:]
     assert "statement timeout" in blocked.stderr or "canceling statement" in blocked.stderr
     assert run_counts(deployment) == {}

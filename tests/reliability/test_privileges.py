@@ -44,16 +44,6 @@ def connect_app(deployment: Deployment, **overrides: object) -> psycopg.Connecti
     return psycopg.connect(**params)  # type: ignore[arg-type]
 
 
-def superuser(deployment: Deployment) -> psycopg.Connection:
-    return psycopg.connect(
-        host=str(deployment.cluster.sockdir),
-        port=deployment.cluster.port,
-        user="postgres",
-        dbname=deployment.dbname,
-        autocommit=True,
-    )
-
-
 # --------------------------------------------------------------------------- inside the database
 
 REFUSED = {
@@ -135,7 +125,7 @@ def test_app_role_is_refused(deployment: Deployment, figure, case_id: str) -> No
 
 
 def _tables(deployment: Deployment) -> list[tuple[object, ...]]:
-    with superuser(deployment) as conn:
+    with deployment.superuser() as conn:
         return conn.execute(
             "SELECT c.relname, c.relkind, pg_get_userbyid(c.relowner) FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'ckpt_eval' ORDER BY 1"
@@ -143,7 +133,7 @@ def _tables(deployment: Deployment) -> list[tuple[object, ...]]:
 
 
 def _registry(deployment: Deployment) -> list[tuple[object, ...]]:
-    with superuser(deployment) as conn:
+    with deployment.superuser() as conn:
         return conn.execute(
             "SELECT checkpoint_id, name, path, arch, dataset, sha256, min_accuracy, min_f1_macro "
             "FROM ckpt_eval.checkpoints ORDER BY checkpoint_id"
@@ -182,10 +172,10 @@ def test_app_role_can_do_what_the_job_needs(deployment: Deployment, figure) -> N
 )
 def test_pg_stat_activity_hides_other_sessions(deployment: Deployment, figure) -> None:
     marker = f"sensitive-{uuid.uuid4().hex}"
-    with superuser(deployment) as admin:
+    with deployment.superuser() as admin:
         admin.execute(f"SELECT '{marker}' AS secret_note")  # stays the session's last query while it idles
         admin_pid = admin.info.backend_pid
-        with superuser(deployment) as other:
+        with deployment.superuser() as other:
             [(seen_by_superuser,)] = other.execute(
                 "SELECT query FROM pg_stat_activity WHERE pid = %s", (admin_pid,)
             ).fetchall()

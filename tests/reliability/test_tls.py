@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ckpt_eval.credentials import encrypt_mapping
-from tests.support.deployment import APP_PASSWORD, CKPT_EVAL, REPO, VAULT_PASSWORD, base_environment
+from tests.support.deployment import APP_PASSWORD, REPO, Deployment, Result, new_deployment
 from tests.support.pgcluster import PgCluster, create_app_database
+
+from .workers import run_counts
 
 HOSTSSL = ["hostssl all ckpt_eval_app 127.0.0.1/32 scram-sha-256"]
 DEMO = ("digits-mlp-good", "digits-mlp-undertrained")
@@ -189,67 +189,16 @@ def misnamed_tls_server(pki: Pki) -> Iterator[PgCluster]:
 _databases = iter(range(1, 1000))
 
 
-@dataclass
-class TlsJob:
-    """One database on a TLS server plus a classifier host's files: credentials, checkpoints, cwd, env."""
-
-    server: PgCluster
-    dbname: str
-    workdir: Path
-    checkpoint_root: Path
-    env: dict[str, str]
-
-    def run(self, **credentials: object) -> tuple[subprocess.CompletedProcess[str], float]:
-        data: dict[str, object] = {
-            "host": "127.0.0.1",
-            "port": self.server.port,
-            "dbname": self.dbname,
-            "user": "ckpt_eval_app",
-            "password": APP_PASSWORD,
-            "connect_timeout": 5,
-        }
-        data.update(credentials)
-        creds = self.workdir / "db.credentials"
-        creds.write_text(encrypt_mapping({k: v for k, v in data.items() if v is not None}, VAULT_PASSWORD.encode()))
-        started = time.monotonic()
-        completed = subprocess.run(
-            [CKPT_EVAL, "run", "--checkpoint-root", str(self.checkpoint_root), "--credentials", str(creds)],
-            cwd=self.workdir,
-            env=self.env,
-            text=True,
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        return completed, time.monotonic() - started
-
-    def runs(self) -> dict[str, int]:
-        out = self.server.psql(
-            "SELECT checkpoint_name, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1", dbname=self.dbname
-        )
-        return {name: int(n) for name, n in (line.split("|") for line in out.splitlines() if line)}
-
-    def states(self) -> set[str]:
-        return set(self.server.psql("SELECT DISTINCT status FROM ckpt_eval.checkpoints", dbname=self.dbname).split())
+def make_job(server: PgCluster, tmp_path: Path) -> Deployment:
+    return new_deployment(server, tmp_path, dbname=f"ckpt_eval_tls{next(_databases)}")
 
 
-def make_job(server: PgCluster, tmp_path: Path) -> TlsJob:
-    dbname = f"ckpt_eval_tls{next(_databases)}"
-    create_app_database(server, REPO / "init.sql", APP_PASSWORD, dbname=dbname)
-    workdir = tmp_path / "host"
-    workdir.mkdir()
-    checkpoint_root = tmp_path / "checkpoint-root"
-    shutil.copytree(REPO / "checkpoints", checkpoint_root)
-    password_file = tmp_path / "vault-password"
-    password_file.write_text(VAULT_PASSWORD + "\n")
-    password_file.chmod(0o600)
-    env = {
-        **base_environment(),
-        "CKPT_EVAL_VAULT_PASSWORD_FILE": str(password_file),
-        "CKPT_EVAL_DB_RETRIES": "2",
-        "CKPT_EVAL_DB_RETRY_SECONDS": "5",
-    }
-    return TlsJob(server, dbname, workdir, checkpoint_root, env)
+def run_job(job: Deployment, **credentials: object) -> tuple[Result, float]:
+    """The real job with these credential settings (vault-encrypted, as always)."""
+    job.write_credentials(**credentials)
+    started = time.monotonic()
+    result = job.ckpt_eval("run")
+    return result, time.monotonic() - started
 
 
 def tls_session(server: PgCluster, dbname: str, **params: object) -> tuple[str, str]:
@@ -277,10 +226,10 @@ def tls_session(server: PgCluster, dbname: str, **params: object) -> tuple[str, 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_job_over_verified_tls(tls_server: PgCluster, pki: Pki, tmp_path: Path, figure, host: str) -> None:
     job = make_job(tls_server, tmp_path)
-    result, seconds = job.run(host=host, sslmode="verify-full", sslrootcert=str(pki.ca_file))
+    result, seconds = run_job(job, host=host, sslmode="verify-full", sslrootcert=str(pki.ca_file))
     assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    assert job.runs() == dict.fromkeys(DEMO, 1)
+    assert run_counts(job) == dict.fromkeys(DEMO, 1)
     version, cipher = tls_session(
         tls_server, job.dbname, host=host, sslmode="verify-full", sslrootcert=str(pki.ca_file)
     )
@@ -330,7 +279,7 @@ def test_job_refused_without_verified_tls(
     case = REFUSALS[case_id]
     server: PgCluster = request.getfixturevalue(case.server)
     job = make_job(server, tmp_path)
-    result, seconds = job.run(**case.credentials(pki))
+    result, seconds = run_job(job, **case.credentials(pki))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     shown = lines[0].split(f"/{job.dbname}: ", 1)[-1] if lines else "-"
     figure(f"exit {result.returncode} in {seconds:.1f} s: {shown[:100]}")
@@ -340,8 +289,8 @@ def test_job_refused_without_verified_tls(
         assert fragment in lines[0]
     assert "Traceback" not in result.stderr
     assert APP_PASSWORD not in result.stdout + result.stderr
-    assert job.runs() == {}
-    assert job.states() == {"pending"}
+    assert run_counts(job) == {}
+    assert job.rows("SELECT DISTINCT status FROM ckpt_eval.checkpoints") == [["pending"]]
 
 
 @pytest.mark.scenario("TLS name check is the cause", "the db.example certificate chains to the CA: verify-ca connects")

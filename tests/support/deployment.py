@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ckpt_eval.credentials import encrypt_mapping
@@ -66,6 +67,16 @@ class Deployment:
     credentials: Path
     password_file: Path
     env: dict[str, str] = field(default_factory=dict)
+
+    def superuser(self) -> psycopg.Connection:
+        """The superuser over the cluster's Unix socket (autocommit): exact values, no psql text parsing."""
+        return psycopg.connect(
+            host=str(self.cluster.sockdir),
+            port=self.cluster.port,
+            user="postgres",
+            dbname=self.dbname,
+            autocommit=True,
+        )
 
     def sql(self, query: str) -> str:
         return self.cluster.psql(query, dbname=self.dbname)
@@ -121,9 +132,9 @@ def base_environment() -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def deployment(cluster: PgCluster, tmp_path: Path) -> Deployment:
-    dbname = f"ckpt_eval_t{next(_database_numbers)}"
+def new_deployment(cluster: PgCluster, tmp_path: Path, dbname: str | None = None) -> Deployment:
+    """A fresh database with init.sql applied on ``cluster``, plus a classifier host's files in tmp_path."""
+    dbname = dbname or f"ckpt_eval_t{next(_database_numbers)}"
     create_app_database(cluster, REPO / "init.sql", APP_PASSWORD, dbname=dbname)
     workdir = tmp_path / "host"
     workdir.mkdir()
@@ -151,3 +162,8 @@ def deployment(cluster: PgCluster, tmp_path: Path) -> Deployment:
         "CKPT_EVAL_DB_RETRY_SECONDS": "5",
     }
     return deployment
+
+
+@pytest.fixture
+def deployment(cluster: PgCluster, tmp_path: Path) -> Deployment:
+    return new_deployment(cluster, tmp_path)
