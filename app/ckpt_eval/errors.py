@@ -49,10 +49,6 @@ class ConfigError(CkptEvalError):
     exit_code = 78
 
 
-class InternalError(CkptEvalError):
-    exit_code = 70
-
-
 class CheckpointError(CkptEvalError):
     """One checkpoint cannot be evaluated; recorded as that checkpoint's failed run."""
 

@@ -14,8 +14,6 @@ SELECT EXISTS (
     WHERE n.nspname = 'pg_catalog' AND c.relname = 'gp_segment_configuration')
 """
 
-SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM ckpt_eval.schema_version"
-
 _SELECTED = "(%(ids)s::bigint[] IS NULL OR checkpoint_id = ANY(%(ids)s::bigint[]))"
 _CLAIMABLE = "(status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s))"
 
