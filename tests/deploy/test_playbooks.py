@@ -259,7 +259,7 @@ def test_rerun_of_one_checkpoint_adds_exactly_one_run_and_no_secret_in_argv(firs
     watcher = threading.Thread(target=watch_processes, daemon=True)
     watcher.start()
     try:
-        rerun = ansible_playbook("-vv", "playbooks/evaluate.yml", "-e", "force=true", "-e", '{"checkpoint_ids": [1]}')
+        rerun = ansible_playbook("-vv", "playbooks/evaluate.yml", "-e", "force=true", "-e", "checkpoint_ids=[1]")
     finally:
         done.set()
         watcher.join()
