@@ -1,10 +1,11 @@
 -- ckpt-eval schema and registry of the shipped demo checkpoints.
--- ckpt-eval schema version: 1   (the deployment applies this file only when this number is newer
+-- ckpt-eval schema version: 2   (the deployment applies this file only when this number is newer
 --                                than the highest row of ckpt_eval.schema_version; keep both in step)
 --
 -- Apply as a superuser to the database ckpt_eval:
 --     psql -v ON_ERROR_STOP=1 -d ckpt_eval -f init.sql
--- Safe to apply again: every object is created only when missing, demo rows only when absent.
+-- Safe to apply again: every object is created only when missing, demo rows only when absent, and
+-- a database made by an older version is migrated in place (its recorded runs are kept).
 -- Runs unchanged on PostgreSQL 15, Greenplum 6/7 and Cloudberry: one primary key per table,
 -- which is also the distribution key; DISTRIBUTED BY is appended only on a Greenplum-family
 -- server; none of the constructs Greenplum 6 lacks (upserts, skipping row locks, triggers,
@@ -66,7 +67,7 @@ BEGIN
         path              text NOT NULL CHECK (length(path) BETWEEN 1 AND 1024),
         arch              text NOT NULL,
         dataset           text NOT NULL,
-        sha256            text CHECK (sha256 ~ ''^[0-9a-f]{64}$''),
+        sha256            text NOT NULL CHECK (sha256 ~ ''^[0-9a-f]{64}$''),
         min_accuracy      double precision CHECK (min_accuracy BETWEEN 0 AND 1),
         min_f1_macro      double precision CHECK (min_f1_macro BETWEEN 0 AND 1),
         registered_at     timestamptz NOT NULL DEFAULT now(),
@@ -127,6 +128,37 @@ BEGIN
 END
 $tables$;
 
+-- New keys come from functions the owner defines (SECURITY DEFINER), used as the column defaults:
+-- Greenplum 6 makes nextval() need UPDATE on a sequence, which would also let the app role
+-- setval() it. This way the app role holds no privilege at all on any sequence, on every server.
+CREATE OR REPLACE FUNCTION ckpt_eval.next_checkpoint_id() RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+    AS $body$ SELECT nextval('ckpt_eval.checkpoints_checkpoint_id_seq'::regclass) $body$;
+CREATE OR REPLACE FUNCTION ckpt_eval.next_run_id() RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+    AS $body$ SELECT nextval('ckpt_eval.evaluation_runs_run_id_seq'::regclass) $body$;
+ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN checkpoint_id SET DEFAULT ckpt_eval.next_checkpoint_id();
+ALTER TABLE ckpt_eval.evaluation_runs ALTER COLUMN run_id SET DEFAULT ckpt_eval.next_run_id();
+
+-- Migration to version 2: a checkpoint is only ever evaluated against a recorded sha256. Rows an older
+-- version let in without one are kept (their runs fail with "no sha256 is recorded"); once none is
+-- left, the column refuses them for good.
+DO $sha256_required$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'ckpt_eval' AND c.relname = 'checkpoints' AND a.attname = 'sha256'
+                 AND NOT a.attnotnull) THEN
+        IF EXISTS (SELECT 1 FROM ckpt_eval.checkpoints WHERE sha256 IS NULL) THEN
+            RAISE NOTICE 'ckpt_eval.checkpoints has rows without sha256: they fail their runs until the owner sets one';
+        ELSE
+            ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN sha256 SET NOT NULL;
+        END IF;
+    END IF;
+END
+$sha256_required$;
+
 -- The contract for analysts: one row per checkpoint, its latest run and headline metrics.
 CREATE OR REPLACE VIEW ckpt_eval.latest_evaluations AS
 SELECT c.checkpoint_id,
@@ -175,8 +207,11 @@ GRANT INSERT (name, path, arch, dataset, sha256, min_accuracy, min_f1_macro)
 GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, requested_at, updated_at)
     ON ckpt_eval.checkpoints TO ckpt_eval_app;
 GRANT INSERT ON ckpt_eval.evaluation_runs, ckpt_eval.evaluation_metrics TO ckpt_eval_app;
-GRANT USAGE ON SEQUENCE ckpt_eval.checkpoints_checkpoint_id_seq, ckpt_eval.evaluation_runs_run_id_seq
-    TO ckpt_eval_app;
+-- Keys only through the owner's functions: no privilege on any sequence (version 1 granted USAGE).
+REVOKE ALL ON SEQUENCE ckpt_eval.checkpoints_checkpoint_id_seq, ckpt_eval.evaluation_runs_run_id_seq
+    FROM ckpt_eval_app, PUBLIC;
+REVOKE ALL ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id() TO ckpt_eval_app;
 
 -- Demo checkpoints shipped in checkpoints/ (trained by `ckpt-eval train` on digits, fixed seeds).
 INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256)
@@ -191,5 +226,7 @@ WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.checkpoints WHERE name = 'digits-mlp-u
 
 INSERT INTO ckpt_eval.schema_version (version)
 SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 1);
+INSERT INTO ckpt_eval.schema_version (version)
+SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 2);
 
 RESET ROLE;

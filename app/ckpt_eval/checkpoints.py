@@ -1,9 +1,14 @@
-"""Safe checkpoint handling: paths from the database are untrusted input.
+"""Safe checkpoint handling: paths and bytes named by the database are untrusted input.
 
-A stored path is resolved inside the checkpoint root (no absolute paths, no ``..``, no
-symlink that leaves the root), read once into memory, hashed, and the very bytes that were
-hashed are deserialised with ``torch.load(weights_only=True)`` or safetensors, so a file
-swapped between the check and the load cannot slip through.
+A stored path is resolved inside the checkpoint root (no absolute paths, no ``..``, no symlink
+that leaves the root) and read once; the very bytes that are hashed are the bytes handed to the
+isolated parser process (``isolation.py``), so a file swapped between the check and the load
+cannot slip through. Only after the hash matches the registry does the parser deserialise them,
+in a process bounded in wall time, CPU time and memory, and send back plain tensors of exactly
+the architecture's layout (safetensors): nothing hostile is ever unpickled in the worker.
+
+The pure functions below (archive checks, deserialisation, conforming a state dict to an
+architecture) run inside that parser process.
 """
 
 from __future__ import annotations
@@ -11,23 +16,32 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import stat
-from collections.abc import Mapping
+import struct
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError
-from .models import build_model
+from .text import printable, quoted
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .isolation import CheckpointParser
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
+SUFFIXES = (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)
 MAX_STORED_PATH_LENGTH = 1024
-MAX_CHECKPOINT_BYTES = 2 * 1024**3
+MAX_ARCHIVE_ENTRIES = 100_000
 STATE_DICT_KEYS = ("state_dict", "model_state_dict")
+ZIP_MAGIC = b"PK\x03\x04"
+_READ_BLOCK = 1 << 20
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
 @dataclass(frozen=True)
@@ -39,9 +53,8 @@ class LoadedCheckpoint:
 
 
 def describe(text: str, limit: int = 120) -> str:
-    """A printable, bounded rendering of an untrusted string for error messages."""
-    shown = text if len(text) <= limit else text[:limit] + "..."
-    return ascii(shown)
+    """A printable, bounded, quoted rendering of an untrusted string for error messages."""
+    return quoted(text, limit)
 
 
 def validate_stored_path(stored: str) -> PurePosixPath:
@@ -67,7 +80,7 @@ def resolve_checkpoint_path(root: Path, stored: str) -> Path:
     relative = validate_stored_path(stored)
     real_root = root.resolve(strict=False)
     if not real_root.is_dir():
-        raise CheckpointError(f"checkpoint root {root} is not a directory")
+        raise CheckpointError(f"checkpoint root {printable(root)} is not a directory")
     try:
         real = (real_root / relative).resolve(strict=True)
     except FileNotFoundError:
@@ -81,103 +94,275 @@ def resolve_checkpoint_path(root: Path, stored: str) -> Path:
     return real
 
 
-def read_checkpoint_bytes(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
-    try:
-        # O_NONBLOCK: opening a FIFO planted in the root must not hang the worker.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path.name} cannot be opened: {exc.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise CheckpointError(f"checkpoint {path.name} is not a regular file")
-    with os.fdopen(fd, "rb") as stream:
+class _CheckpointFile:
+    """An open checkpoint: a regular file of bounded size, read exactly once in blocks."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.name = describe(path.name)
+        try:
+            # O_NONBLOCK: opening a FIFO planted in the root must not hang the worker.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {self.name} cannot be opened: {exc.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise CheckpointError(f"checkpoint {self.name} is not a regular file")
         if info.st_size > max_bytes:
-            raise CheckpointError(f"checkpoint {path.name} is larger than {max_bytes} bytes")
-        data = stream.read(max_bytes + 1)
-    if not data:
-        raise CheckpointError(f"checkpoint {path.name} is empty")
-    return data
+            os.close(fd)
+            raise CheckpointError(
+                f"checkpoint {self.name} is {info.st_size} bytes, larger than the parser's memory limit "
+                f"({max_bytes} bytes; raise --load-memory-mb)"
+            )
+        if info.st_size == 0:
+            os.close(fd)
+            raise CheckpointError(f"checkpoint {self.name} is empty")
+        self.size = info.st_size
+        self._stream = os.fdopen(fd, "rb")
+        self._digest = hashlib.sha256()
 
+    def blocks(self) -> Iterator[bytes]:
+        """Exactly ``size`` bytes, hashed as they are read; a file that changes size meanwhile is refused."""
+        remaining = self.size
+        while remaining:
+            block = self._stream.read(min(_READ_BLOCK, remaining))
+            if not block:
+                raise CheckpointError(f"checkpoint {self.name} shrank while it was being read")
+            self._digest.update(block)
+            remaining -= len(block)
+            yield block
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> _CheckpointFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
+        for block in iter(lambda: stream.read(_READ_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def deserialize_state_dict(data: bytes, suffix: str, name: str) -> dict[str, torch.Tensor]:
-    """Turn checkpoint bytes into a state dict without ever running pickled code."""
+def _parse_file(
+    root: Path,
+    stored_path: str,
+    arch: str,
+    parser: CheckpointParser,
+    approve: Callable[[str], None],
+    should_stop: Callable[[], bool],
+) -> LoadedCheckpoint:
+    path = resolve_checkpoint_path(root, stored_path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(
+            f"checkpoint {describe(path.name)}: unsupported extension (use .pt, .pth or .safetensors)"
+        )
+    with _CheckpointFile(path, parser.limits.memory_bytes) as checkpoint:
+        state = parser.parse(
+            checkpoint.blocks(),
+            checkpoint.size,
+            suffix=suffix,
+            arch=arch,
+            name=path.name,
+            approve=lambda: approve(checkpoint.sha256),
+            should_stop=should_stop,
+        )
+        digest, size = checkpoint.sha256, checkpoint.size
+    model = load_into_architecture(state, arch, path.name)
+    return LoadedCheckpoint(path, digest, size, model)
+
+
+def load_checkpoint(
+    root: Path,
+    stored_path: str,
+    arch: str,
+    expected_sha256: str | None,
+    parser: CheckpointParser,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> LoadedCheckpoint:
+    """Load a registered checkpoint: only against its recorded sha256, parsed in isolation."""
+    if not expected_sha256:
+        raise CheckpointError(
+            "no sha256 is recorded for this checkpoint; an unverified file is never loaded "
+            "(register it with `ckpt-eval register`, or have the schema owner set checkpoints.sha256)"
+        )
+    expected = expected_sha256.lower()
+
+    def approve(actual: str) -> None:
+        if actual != expected:
+            raise CheckpointError(
+                f"checkpoint {describe(stored_path)}: sha256 mismatch "
+                f"(registry {printable(expected[:12])}..., file {actual[:12]}...)"
+            )
+
+    return _parse_file(root, stored_path, arch, parser, approve, should_stop)
+
+
+def inspect_checkpoint(root: Path, stored_path: str, arch: str, parser: CheckpointParser) -> LoadedCheckpoint:
+    """Check a file the way a run will (inside the root, parsed in isolation, strict fit) and hash it."""
+    return _parse_file(root, stored_path, arch, parser, lambda actual: None, lambda: False)
+
+
+def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: str) -> nn.Module:
+    """Load parser output (plain tensors of the architecture's layout) strictly into a fresh module."""
+    from .models import build_model
+
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = printable(" ".join(str(exc).split()), 500)
+        raise CheckpointError(f"checkpoint {describe(name)} does not fit architecture {arch}: {detail}") from None
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- inside the parser process
+
+
+def check_zip_archive(data: bytes | memoryview, max_expanded: int, name: str) -> None:
+    """Refuse an archive before anything in it is expanded.
+
+    torch.save writes every record stored (uncompressed); a compressed record, one whose declared
+    size differs from its stored size, or records adding up to more than the parser may hold are
+    refused, whatever the central directory or the local headers claim.
+    """
+    shown = describe(name)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {shown} is not a valid archive ({printable(exc, 200)})") from None
+    if len(infos) > MAX_ARCHIVE_ENTRIES:
+        raise CheckpointError(f"checkpoint {shown} has {len(infos)} archive records (at most {MAX_ARCHIVE_ENTRIES})")
+    total = 0
+    for info in infos:
+        record = describe(info.filename, 80)
+        if info.compress_type != zipfile.ZIP_STORED or _local_method(data, info.header_offset) != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"checkpoint {shown}: archive record {record} is compressed; torch.save never compresses, "
+                "so it is refused before expanding"
+            )
+        if info.file_size != info.compress_size:
+            raise CheckpointError(f"checkpoint {shown}: archive record {record} declares a size it does not store")
+        total += info.file_size
+        if info.file_size > max_expanded or total > max_expanded:
+            raise CheckpointError(
+                f"checkpoint {shown}: archive records exceed the parser's memory limit ({max_expanded} bytes)"
+            )
+
+
+def _local_method(data: bytes | memoryview, offset: int) -> int:
+    """The compression method of a record's local header (which a reader may trust over the directory)."""
+    header = bytes(data[offset : offset + _LOCAL_HEADER.size])
+    if len(header) < _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
+        return -1
+    return int(_LOCAL_HEADER.unpack(header)[3])
+
+
+def deserialize_state_dict(data: bytes | memoryview, suffix: str, name: str, max_expanded: int) -> dict[str, object]:
+    """Turn checkpoint bytes into a mapping of tensors without ever running pickled code."""
+    import torch
+
+    shown = describe(name)
     if suffix == SAFETENSORS_SUFFIX:
-        from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors
 
         try:
-            return dict(load_safetensors(data))
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {name} is not a valid safetensors file: {exc}") from None
+            return dict(load_safetensors(bytes(data)))
+        except Exception as exc:  # SafetensorError, and KeyError/TypeError for dtypes torch lacks
+            raise CheckpointError(
+                f"checkpoint {shown} is not a valid safetensors file: {exc.__class__.__name__}: {printable(exc, 200)}"
+            ) from None
     if suffix not in TORCH_SUFFIXES:
-        raise CheckpointError(f"checkpoint {name}: unsupported extension {suffix!r} (use .pt, .pth or .safetensors)")
+        raise CheckpointError(f"checkpoint {shown}: unsupported extension (use .pt, .pth or .safetensors)")
+    if bytes(data[:4]) == ZIP_MAGIC:
+        check_zip_archive(data, max_expanded, name)
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # every loader failure on a bad file means "not a checkpoint we accept"
+        raise CheckpointError(f"checkpoint {shown} refused: {_loader_reason(exc)}") from None
+    return extract_state_dict(loaded, name)
+
+
+def _loader_reason(exc: BaseException) -> str:
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         # torch's message starts with generic advice; the line naming the refused global says what it was.
         telling = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
         first_line = (telling or lines or ["rejected"])[0]
-        raise CheckpointError(
-            f"checkpoint {name} refused: it is not a plain tensor state dict "
-            f"(weights_only load rejected it: {first_line[:200]})"
-        ) from None
-    except Exception as exc:  # torch's loader fails on junk with many error types; all mean "not a checkpoint"
-        raise CheckpointError(
-            f"checkpoint {name} is not a readable PyTorch checkpoint ({exc.__class__.__name__})"
-        ) from None
-    return extract_state_dict(loaded, name)
+        return f"it is not a plain tensor state dict (weights_only load rejected it: {printable(first_line, 200)})"
+    return f"not a readable PyTorch checkpoint ({exc.__class__.__name__})"
 
 
-def extract_state_dict(loaded: object, name: str) -> dict[str, torch.Tensor]:
+def extract_state_dict(loaded: object, name: str) -> dict[str, object]:
     """Accept a bare state dict or a dict holding one under ``state_dict``/``model_state_dict``."""
+    import torch
+
     if isinstance(loaded, Mapping):
         for key in STATE_DICT_KEYS:
             if isinstance(loaded.get(key), Mapping):
                 loaded = loaded[key]
                 break
     if not isinstance(loaded, Mapping) or not loaded:
-        raise CheckpointError(f"checkpoint {name} does not hold a state dict")
-    state: dict[str, torch.Tensor] = {}
+        raise CheckpointError(f"checkpoint {describe(name)} does not hold a state dict")
+    state: dict[str, object] = {}
     for key, value in loaded.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"checkpoint {name}: entry {describe(str(key), 60)} is not a named tensor")
+            raise CheckpointError(f"checkpoint {describe(name)}: entry {describe(str(key), 60)} is not a named tensor")
         state[key] = value
     return state
 
 
-def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: str) -> nn.Module:
-    model = build_model(arch)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise CheckpointError(f"checkpoint {name} does not fit architecture {arch}: {detail[:500]}") from None
-    model.eval()
-    return model
+def conform_to_architecture(
+    state: Mapping[str, object], spec: Mapping[str, tuple[tuple[int, ...], torch.dtype]], arch: str, name: str
+) -> dict[str, torch.Tensor]:
+    """Strict fit, as ``load_state_dict(strict=True)`` checks it, then plain dense tensors of the layout.
 
+    The result holds exactly the architecture's keys, shapes and dtypes, each in its own contiguous
+    storage, so it serialises to safetensors and loads into the architecture in the worker unchanged.
+    """
+    import torch
 
-def load_checkpoint(root: Path, stored_path: str, arch: str, expected_sha256: str | None) -> LoadedCheckpoint:
-    path = resolve_checkpoint_path(root, stored_path)
-    data = read_checkpoint_bytes(path)
-    digest = sha256_bytes(data)
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise CheckpointError(
-            f"checkpoint {path.name}: sha256 mismatch (registry {expected_sha256[:12]}..., file {digest[:12]}...)"
-        )
-    state = deserialize_state_dict(data, path.suffix.lower(), path.name)
-    model = load_into_architecture(state, arch, path.name)
-    return LoadedCheckpoint(path, digest, len(data), model)
+    shown = describe(name)
+    missing = sorted(set(spec) - set(state))
+    unexpected = sorted(set(state) - set(spec))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append("missing key(s): " + ", ".join(describe(k, 60) for k in missing[:10]))
+        if unexpected:
+            parts.append("unexpected key(s): " + ", ".join(describe(k, 60) for k in unexpected[:10]))
+        raise CheckpointError(f"checkpoint {shown} does not fit architecture {arch}: {'; '.join(parts)}")
+    result: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, (shape, dtype) in spec.items():
+        tensor = state[key]
+        assert isinstance(tensor, torch.Tensor)
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
+            raise CheckpointError(f"checkpoint {shown}: entry {describe(key, 60)} is not a dense real tensor")
+        if tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(
+                f"checkpoint {shown} does not fit architecture {arch}: {describe(key, 60)} has shape "
+                f"{tuple(tensor.shape)}, the architecture needs {tuple(shape)}"
+            )
+        plain = tensor.detach().to(dtype=dtype).contiguous()
+        owns_storage = plain.untyped_storage().nbytes() == plain.numel() * plain.element_size()
+        if plain.data_ptr() in seen or not owns_storage:
+            plain = plain.clone()
+        seen.add(plain.data_ptr())
+        result[key] = plain
+    return result

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -23,9 +25,11 @@ from .errors import (
     MissingInputError,
     UsageError,
 )
+from .text import printable, quoted
 
 if TYPE_CHECKING:
     from .db.connection import RetryPolicy
+    from .isolation import ParseLimits
 
 log = logging.getLogger("ckpt_eval")
 
@@ -47,6 +51,82 @@ Exit codes: 0 all evaluated and passed; 3 a checkpoint failed or failed its gate
 65 bad data; 66 missing input; 75 database unavailable; 77 vault or database authentication;
 78 configuration; 70 internal error; 130 interrupted.
 """
+
+
+# PostgreSQL keeps statement_timeout in milliseconds in a signed 32-bit integer.
+MAX_STATEMENT_TIMEOUT_SECONDS = 2_147_483
+MAX_BIGINT = 2**63 - 1
+MAX_NAME_LENGTH = 200
+
+
+class Finite(click.ParamType):
+    """A float within [low, high] (``low_open``: above low): NaN and infinities are refused."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{quoted(value, 40)} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{quoted(value, 40)} is not a finite number", param, ctx)
+        below = number <= self.low if self.low_open else number < self.low
+        if below or number > self.high:
+            bracket = "(" if self.low_open else "["
+            self.fail(f"{number:g} is not in the range {bracket}{self.low:g}, {self.high:g}]", param, ctx)
+        return number
+
+
+def _parse_limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    from .isolation import DEFAULT_CPU_SECONDS, DEFAULT_MEMORY_MB, DEFAULT_WALL_SECONDS
+
+    options = [
+        click.option(
+            "--load-timeout",
+            type=Finite(0, 3600, low_open=True),
+            default=DEFAULT_WALL_SECONDS,
+            show_default=True,
+            envvar="CKPT_EVAL_LOAD_TIMEOUT",
+            help="Wall-clock seconds the isolated parser may spend on one checkpoint [env CKPT_EVAL_LOAD_TIMEOUT].",
+        ),
+        click.option(
+            "--load-cpu-seconds",
+            type=Finite(0, 3600, low_open=True),
+            default=DEFAULT_CPU_SECONDS,
+            show_default=True,
+            envvar="CKPT_EVAL_LOAD_CPU_SECONDS",
+            help="CPU seconds the isolated parser may spend on one checkpoint [env CKPT_EVAL_LOAD_CPU_SECONDS].",
+        ),
+        click.option(
+            "--load-memory-mb",
+            type=click.IntRange(64, 1024 * 1024),
+            default=DEFAULT_MEMORY_MB,
+            show_default=True,
+            envvar="CKPT_EVAL_LOAD_MEMORY_MB",
+            help="Memory (MiB) the isolated parser may use for one checkpoint; larger files are refused "
+            "[env CKPT_EVAL_LOAD_MEMORY_MB].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _parse_limits(options: dict[str, Any]) -> ParseLimits:
+    from .isolation import ParseLimits
+
+    return ParseLimits(
+        wall_seconds=options.pop("load_timeout"),
+        cpu_seconds=options.pop("load_cpu_seconds"),
+        memory_bytes=options.pop("load_memory_mb") * 1024 * 1024,
+    )
 
 
 def _logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,7 +168,7 @@ def _database_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--db-retries",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, 100),
             default=5,
             show_default=True,
             envvar="CKPT_EVAL_DB_RETRIES",
@@ -96,7 +176,7 @@ def _database_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--db-retry-seconds",
-            type=click.FloatRange(min=0),
+            type=Finite(0, 86400),
             default=60.0,
             show_default=True,
             envvar="CKPT_EVAL_DB_RETRY_SECONDS",
@@ -104,7 +184,7 @@ def _database_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--statement-timeout",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, MAX_STATEMENT_TIMEOUT_SECONDS),
             default=60,
             show_default=True,
             envvar="CKPT_EVAL_STATEMENT_TIMEOUT",
@@ -178,7 +258,7 @@ def cli() -> None:
 @click.option(
     "--checkpoint-id",
     "checkpoint_ids",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_BIGINT),
     multiple=True,
     metavar="N",
     help="Only these checkpoints (repeatable).",
@@ -188,7 +268,7 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be evaluated; change nothing.")
 @click.option(
     "--lease-seconds",
-    type=click.FloatRange(min=2),
+    type=Finite(2, 86400),
     default=300.0,
     show_default=True,
     envvar="CKPT_EVAL_LEASE_SECONDS",
@@ -196,7 +276,7 @@ def cli() -> None:
 )
 @click.option(
     "--torch-threads",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1024),
     default=0,
     show_default=True,
     envvar="CKPT_EVAL_TORCH_THREADS",
@@ -205,7 +285,7 @@ def cli() -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 65536),
     default=256,
     show_default=True,
     envvar="CKPT_EVAL_BATCH_SIZE",
@@ -214,17 +294,20 @@ def cli() -> None:
 @_format_option
 @_checkpoint_root_option
 @_data_dir_option
+@_parse_limit_options
 @_database_options
 @_logging_options
 def run(**options: Any) -> None:
     """Claim pending checkpoints, evaluate each one, record metrics and a verdict."""
     from .config import Settings
     from .db.repository import Repository
+    from .isolation import CheckpointParser
     from .job import Job, Selection
     from .report import PLAN_COLUMNS, summary_json, summary_text, table, to_json
 
     _start_logging(options)
     settings = Settings(
+        parse_limits=_parse_limits(options),
         credentials_path=options["credentials"],
         vault_password_file=options["vault_password_file"],
         checkpoint_root=options["checkpoint_root"],
@@ -255,8 +338,9 @@ def run(**options: Any) -> None:
             else:
                 click.echo(table(planned, PLAN_COLUMNS) if planned else "nothing would be evaluated")
             return
-        with _progress(repository, selection) as on_outcome:
-            job = Job(settings, repository, new_repository, on_outcome=on_outcome)
+        # Started now, so torch is imported in the parser while the job talks to the database.
+        with CheckpointParser(settings.parse_limits) as parser, _progress(repository, selection) as on_outcome:
+            job = Job(settings, repository, new_repository, parser, on_outcome=on_outcome)
             summary = job.run(selection)
     click.echo(summary_json(summary) if options["output_format"] == "json" else summary_text(summary))
     if not summary.all_passed:
@@ -307,9 +391,10 @@ def status(**options: Any) -> None:
 @click.option("--arch", required=True, help="Architecture name (fashion_cnn, digits_mlp).")
 @click.option("--dataset", required=True, help="Dataset name (fashion_mnist, mnist, digits).")
 @click.option("--name", help="Unique checkpoint name [default: the file name without extension].")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Gate: minimum accuracy [default 0.7].")
-@click.option("--min-f1", type=click.FloatRange(0, 1), help="Gate: minimum macro-F1 [default 0.7].")
+@click.option("--min-accuracy", type=Finite(0, 1), help="Gate: minimum accuracy [default 0.7].")
+@click.option("--min-f1", type=Finite(0, 1), help="Gate: minimum macro-F1 [default 0.7].")
 @_checkpoint_root_option
+@_parse_limit_options
 @_database_options
 @_logging_options
 def register(
@@ -326,24 +411,31 @@ def register(
     The file is checked the way a run will check it (inside the root, loadable into ARCH)
     and its sha256 is stored, so a later change to the file fails its run.
     """
-    from .checkpoints import load_checkpoint
+    from .checkpoints import inspect_checkpoint
     from .datasets import DATASET_NAMES
     from .db.repository import Repository
+    from .isolation import CheckpointParser
     from .models import ARCHITECTURES
 
     _start_logging(options)
+    limits = _parse_limits(options)
     if arch not in ARCHITECTURES:
-        raise UsageError(f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
+        raise UsageError(f"unknown architecture {quoted(arch, 60)} (known: {', '.join(sorted(ARCHITECTURES))})")
     if dataset not in DATASET_NAMES:
-        raise UsageError(f"unknown dataset {dataset!r} (known: {', '.join(DATASET_NAMES)})")
+        raise UsageError(f"unknown dataset {quoted(dataset, 60)} (known: {', '.join(DATASET_NAMES)})")
+    checkpoint_name = name or Path(path).stem
+    if not 1 <= len(checkpoint_name) <= MAX_NAME_LENGTH or not checkpoint_name.isprintable():
+        raise UsageError(
+            f"checkpoint name {quoted(checkpoint_name, 60)} must be 1 to {MAX_NAME_LENGTH} printable characters"
+        )
     root: Path = options["checkpoint_root"]
     if not root.is_dir():
-        raise MissingInputError(f"checkpoint root {root} is not a directory")
+        raise MissingInputError(f"checkpoint root {printable(root)} is not a directory")
     try:
-        loaded = load_checkpoint(root, path, arch, None)
+        with CheckpointParser(limits) as parser:
+            loaded = inspect_checkpoint(root, path, arch, parser)
     except CheckpointError as exc:
         raise DataError(str(exc)) from None
-    checkpoint_name = name or Path(path).stem
     creds = _load_credentials(options["credentials"], options["vault_password_file"])
     policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
     with Repository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000) as repository:
@@ -356,7 +448,9 @@ def register(
             min_accuracy=min_accuracy,
             min_f1_macro=min_f1,
         )
-    click.echo(f"registered checkpoint {checkpoint_id} {checkpoint_name!r} ({path}, sha256 {loaded.sha256})")
+    click.echo(
+        f"registered checkpoint {checkpoint_id} {quoted(checkpoint_name)} ({printable(path)}, sha256 {loaded.sha256})"
+    )
 
 
 @cli.command(epilog=EPILOG)
@@ -368,11 +462,9 @@ def register(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the state dict (.pt/.pth, or .safetensors).",
 )
-@click.option("--epochs", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, help="SGD learning rate."
-)
+@click.option("--epochs", type=click.IntRange(0, 100_000), default=5, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--lr", type=Finite(0, 100, low_open=True), default=0.05, show_default=True, help="SGD learning rate.")
 @_data_dir_option
 @_logging_options
 def train(arch: str, dataset: str, out: Path, epochs: int, seed: int, lr: float, **options: Any) -> None:
@@ -388,7 +480,7 @@ def train(arch: str, dataset: str, out: Path, epochs: int, seed: int, lr: float,
     except CheckpointError as exc:  # architecture and dataset do not fit together
         raise UsageError(str(exc)) from None
     save_checkpoint(model, out)
-    click.echo(f"wrote {out} (sha256 {sha256_file(out)})")
+    click.echo(f"wrote {printable(out)} (sha256 {sha256_file(out)})")
 
 
 def _start_logging(options: dict[str, Any]) -> None:
@@ -399,10 +491,26 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def _show_click_error(exc: click.ClickException) -> None:
+    """click's own rendering, with the message (which may echo a value from an environment variable) escaped."""
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        click.echo(ctx.get_usage(), err=True)
+        click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.\n", err=True)
+    click.echo(f"Error: {printable(exc.format_message())}", err=True)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An unexpected error in a helper thread is logged (escaped), never printed raw by Python."""
+    log.error("internal error in thread %s: %s", args.thread.name if args.thread else "?", args.exc_type.__name__)
+    log.debug("traceback", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     global _environment_password
     _environment_password = take_password_from_environment()
     signal.signal(signal.SIGTERM, _terminate)
+    threading.excepthook = _log_thread_exception
     try:
         # Without standalone mode click returns the code of an Exit raised by a command.
         result = cli.main(args=argv, prog_name="ckpt-eval", standalone_mode=False)
@@ -413,13 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("ckpt-eval: interrupted", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
-        exc.show()
+        _show_click_error(exc)
         return exc.exit_code
     except CkptEvalError as exc:
         if logging.getLogger().handlers:
             log.error("%s", exc)
         else:  # failed before logging was configured
-            click.echo(f"ckpt-eval: error: {exc}", err=True)
+            click.echo(f"ckpt-eval: error: {printable(exc)}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("ckpt-eval: interrupted", err=True)

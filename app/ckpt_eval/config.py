@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .db.connection import RetryPolicy
 from .errors import ConfigError
+from .isolation import ParseLimits
 
 DEFAULT_CREDENTIALS = "db.credentials"
 DEFAULT_CHECKPOINT_ROOT = "checkpoints"
@@ -47,6 +48,7 @@ class Settings:
     statement_timeout_ms: int = 60_000
     lock_timeout_ms: int = 30_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    parse_limits: ParseLimits = field(default_factory=ParseLimits)
 
     def __post_init__(self) -> None:
         if self.lease_seconds < 2:

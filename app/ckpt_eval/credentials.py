@@ -12,9 +12,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import socket
 import stat
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ import yaml
 
 from . import redaction
 from .errors import AuthenticationError, ConfigError, MissingInputError
+from .text import printable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,12 @@ PASSWORD_ENV = "ANSIBLE_VAULT_PASSWORD"  # noqa: S105 (a variable name, not a se
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 REQUIRED_KEYS = ("host", "port", "dbname", "user", "password")
 OPTIONAL_KEYS = ("sslmode", "sslrootcert", "connect_timeout")
+# Secret sources are bounded: a vault password or a credentials file is small, and a device,
+# a FIFO or an endless stdin must fail fast instead of hanging the job or filling its memory.
+MAX_PASSWORD_BYTES = 64 * 1024
+MAX_CREDENTIALS_BYTES = 1024 * 1024
+STDIN_SECONDS = 30.0
+MAX_CONNECT_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
@@ -99,25 +108,80 @@ def _strip_password_file(raw: bytes) -> bytes:
     return raw.strip()
 
 
+def read_bounded_file(path: str | Path, limit: int, what: str) -> tuple[bytes, int]:
+    """A regular file's bytes (at most ``limit``) and its mode; anything else fails at once.
+
+    Opened non-blocking, so a FIFO with no writer cannot hang the job; a device such as
+    /dev/zero is refused by type before a byte is read.
+    """
+    shown = printable(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MissingInputError(f"{what} {shown} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {shown} is not readable by this user") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {shown} cannot be opened: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{what} {shown} is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {shown} is not a regular file (a device, FIFO or socket); use a file or '-'")
+        if info.st_size > limit:
+            raise ConfigError(f"{what} {shown} is larger than {limit} bytes")
+        try:
+            data = stream.read(limit + 1)
+        except OSError as exc:
+            raise ConfigError(f"{what} {shown} cannot be read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {shown} is larger than {limit} bytes")
+    return data, info.st_mode
+
+
+def read_bounded_stdin(stream: BinaryIO, limit: int = MAX_PASSWORD_BYTES, seconds: float = STDIN_SECONDS) -> bytes:
+    """Read stdin to its end, at most ``limit`` bytes and within ``seconds``."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (tests, embedding)
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise ConfigError(f"the vault password on stdin is longer than {limit} bytes") from None
+        return data
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise ConfigError(f"the vault password on stdin is longer than {limit} bytes")
+        return data
+    chunks: list[bytes] = []
+    received = 0
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise MissingInputError(
+                f"no vault password arrived on stdin within {seconds:g} s (stdin was not closed after it)"
+            )
+        chunk = os.read(fd, min(65536, limit + 1 - received))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        received += len(chunk)
+        if received > limit:
+            raise ConfigError(f"the vault password on stdin is longer than {limit} bytes")
+
+
 def read_password_file(path: str, stdin: BinaryIO | None = None) -> bytes:
-    """Read the vault password from a file, or from stdin when ``path`` is ``-``."""
+    """Read the vault password from a regular file, or from stdin when ``path`` is ``-``."""
     if path == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
-        return _strip_password_file(stream.read())
-    file = Path(path)
-    try:
-        mode = file.stat().st_mode
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        raise MissingInputError(f"vault password file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"vault password file {path} is a directory") from None
-    except PermissionError:
-        raise ConfigError(f"vault password file {path} is not readable by this user") from None
-    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return _strip_password_file(read_bounded_stdin(stream))
+    raw, mode = read_bounded_file(path, MAX_PASSWORD_BYTES, "vault password file")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning(
             "vault password file %s is accessible by group or others (mode %o); chmod 600 it",
-            path,
+            printable(path),
             stat.S_IMODE(mode),
         )
     return _strip_password_file(raw)
@@ -148,12 +212,7 @@ def resolve_vault_password(
 
 def decrypt_credentials(path: Path, vault_password: bytes) -> DbCredentials:
     """Decrypt an ansible-vault file in memory and validate the mapping inside."""
-    try:
-        vaulttext = path.read_bytes()
-    except FileNotFoundError:
-        raise MissingInputError(f"credentials file {path} does not exist") from None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise ConfigError(f"credentials file {path} cannot be read: {exc.strerror}") from None
+    vaulttext, _ = read_bounded_file(path, MAX_CREDENTIALS_BYTES, "credentials file")
     if not vaulttext.strip():
         raise ConfigError(f"credentials file {path} is empty")
     vaulttext = vaulttext.strip()
@@ -242,8 +301,8 @@ def parse_credentials(data: object, source: str) -> DbCredentials:
         raise ConfigError(f"credentials in {source}: sslrootcert must be a path")
     timeout = data.get("connect_timeout")
     connect_timeout = None if timeout is None else _integer(timeout, "connect_timeout", source)
-    if connect_timeout is not None and connect_timeout <= 0:
-        raise ConfigError(f"credentials in {source}: connect_timeout must be positive")
+    if connect_timeout is not None and not 0 < connect_timeout <= MAX_CONNECT_TIMEOUT:
+        raise ConfigError(f"credentials in {source}: connect_timeout must be between 1 and {MAX_CONNECT_TIMEOUT}")
     return DbCredentials(
         host=data["host"],
         port=port,

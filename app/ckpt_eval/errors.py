@@ -63,6 +63,20 @@ class DatasetMissing(MissingInputError):
     """A dataset's files are not in the data directory."""
 
 
+class DatabasePrivilegeError(ConfigError):
+    """The database role lacks a privilege the job needs (a missing grant: fix the deployment)."""
+
+
+class SchemaMismatch(ConfigError):
+    """The ckpt_eval schema is missing, or older or newer than this version of ckpt-eval expects."""
+
+
+class DatabaseRejected(CkptEvalError):
+    """The database refused a statement in a way no retry or configuration change can fix: a defect."""
+
+    exit_code = 70
+
+
 class LeaseLost(CkptEvalError):
     """Another worker holds the checkpoint now; this worker must not write its result."""
 

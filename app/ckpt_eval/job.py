@@ -18,7 +18,9 @@ from .datasets import load_dataset
 from .db.repository import ClaimedCheckpoint, Repository, RunRecord
 from .errors import CkptEvalError, LeaseLost
 from .evaluate import EvaluationAborted, check_compatible, evaluate_model
+from .isolation import CheckpointParser, ParserUnavailable
 from .metrics import Gate, Metrics, apply_gate
+from .text import printable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,11 @@ class Heartbeat:
 
 
 def evaluate_claim(
-    claim: ClaimedCheckpoint, settings: Settings, worker: Worker, should_stop: Callable[[], bool]
+    claim: ClaimedCheckpoint,
+    settings: Settings,
+    worker: Worker,
+    should_stop: Callable[[], bool],
+    parser: CheckpointParser,
 ) -> RunRecord:
     """Evaluate one claimed checkpoint. A bad checkpoint or dataset becomes a failed RunRecord."""
     gate = Gate.from_registry(claim.min_accuracy, claim.min_f1_macro)
@@ -111,17 +117,17 @@ def evaluate_claim(
         dataset_sha256 = dataset.sha256
         log.debug("dataset %s: %d samples, sha256 %s", dataset.name, len(dataset), dataset.sha256)
         check_compatible(claim.arch, dataset)
-        loaded = load_checkpoint(settings.checkpoint_root, claim.path, claim.arch, claim.sha256)
+        loaded = load_checkpoint(settings.checkpoint_root, claim.path, claim.arch, claim.sha256, parser, should_stop)
         checkpoint_sha256 = loaded.sha256
         log.debug("loaded %s (%d bytes, sha256 %s) into %s", loaded.path, loaded.size, loaded.sha256, claim.arch)
         metrics = evaluate_model(loaded.model, dataset, settings.batch_size, should_stop)
-    except EvaluationAborted:
+    except (EvaluationAborted, ParserUnavailable):
         raise
     except CkptEvalError as exc:
-        error = str(exc)
+        error = printable(exc, 2000)
     except Exception as exc:  # a defect must fail this checkpoint's run, not the whole job
         log.debug("checkpoint %d: unexpected error", claim.checkpoint_id, exc_info=True)
-        error = f"internal error: {exc.__class__.__name__}: {str(exc)[:300]}"
+        error = f"internal error: {exc.__class__.__name__}: {printable(exc, 300)}"
     duration = time.monotonic() - started
     finished_wall = started_wall + timedelta(seconds=duration)
     common = {
@@ -173,12 +179,14 @@ class Job:
         settings: Settings,
         repository: Repository,
         heartbeat_repository: Callable[[], Repository],
+        parser: CheckpointParser,
         worker: Worker | None = None,
         on_outcome: Callable[[Outcome], None] = lambda outcome: None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self.heartbeat_repository = heartbeat_repository
+        self.parser = parser
         self.worker = worker or Worker.current()
         self.on_outcome = on_outcome
 
@@ -189,7 +197,9 @@ class Job:
             self.repository.check_ids_exist(selection.ids)
         if selection.force or selection.failed:
             for checkpoint_id, name in self.repository.running_elsewhere(ids):
-                log.warning("checkpoint %d (%r) is being evaluated by another worker; left alone", checkpoint_id, name)
+                log.warning(
+                    "checkpoint %d (%s) is being evaluated by another worker; left alone", checkpoint_id, quoted(name)
+                )
             queued = self.repository.requeue(ids, force=selection.force, failed=selection.failed)
             log.info("queued %d checkpoint(s) again", queued)
 
@@ -207,7 +217,7 @@ class Job:
                 token = uuid.uuid4().hex
                 claim = self.repository.claim(name, self.worker.owner, token, self.settings.lease_seconds)
                 if claim is None:
-                    log.debug("checkpoint %r claimed by another worker", name)
+                    log.debug("checkpoint %s claimed by another worker", quoted(name))
                     continue
                 try:
                     outcome = self._evaluate_and_record(claim)
@@ -222,18 +232,18 @@ class Job:
 
     def _evaluate_and_record(self, claim: ClaimedCheckpoint) -> Outcome:
         log.info(
-            "evaluating checkpoint %d %r (arch %s, dataset %s, attempt %d)",
+            "evaluating checkpoint %d %s (arch %s, dataset %s, attempt %d)",
             claim.checkpoint_id,
-            claim.name,
-            claim.arch,
-            claim.dataset,
+            quoted(claim.name),
+            quoted(claim.arch, 60),
+            quoted(claim.dataset, 60),
             claim.attempt,
         )
         heartbeat_repo = self.heartbeat_repository()
         try:
             with Heartbeat(heartbeat_repo, claim, self.settings.lease_seconds, self.settings.heartbeat_seconds) as beat:
                 try:
-                    record = evaluate_claim(claim, self.settings, self.worker, beat.lost.is_set)
+                    record = evaluate_claim(claim, self.settings, self.worker, beat.lost.is_set, self.parser)
                 except EvaluationAborted:
                     return self._lost(claim, "lease lost during evaluation; stopped without writing")
         finally:
@@ -256,12 +266,12 @@ class Job:
             duration_seconds=record.duration_seconds,
         )
         if record.status == "failed":
-            log.error("checkpoint %d %r failed: %s", claim.checkpoint_id, claim.name, record.error)
+            log.error("checkpoint %d %s failed: %s", claim.checkpoint_id, quoted(claim.name), record.error)
         else:
             log.info(
-                "checkpoint %d %r: accuracy %.4f, macro-F1 %.4f, verdict %s%s",
+                "checkpoint %d %s: accuracy %.4f, macro-F1 %.4f, verdict %s%s",
                 claim.checkpoint_id,
-                claim.name,
+                quoted(claim.name),
                 outcome.accuracy,
                 outcome.f1_macro,
                 record.verdict,
@@ -270,7 +280,7 @@ class Job:
         return outcome
 
     def _lost(self, claim: ClaimedCheckpoint, reason: str) -> Outcome:
-        log.warning("checkpoint %d %r: %s", claim.checkpoint_id, claim.name, reason)
+        log.warning("checkpoint %d %s: %s", claim.checkpoint_id, quoted(claim.name), reason)
         return Outcome(
             claim.checkpoint_id, claim.name, claim.attempt, None, "lost", None, None, None, None, reason, 0.0
         )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from torch import nn
 
 from .errors import CheckpointError
+from .text import quoted
 
 
 class FashionCNN(nn.Module):
@@ -76,8 +78,18 @@ def get_architecture(name: str) -> Architecture:
         return ARCHITECTURES[name]
     except KeyError:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise CheckpointError(f"unknown architecture {name!r} (known: {known})") from None
+        raise CheckpointError(f"unknown architecture {quoted(name, 60)} (known: {known})") from None
 
 
 def build_model(name: str) -> nn.Module:
     return get_architecture(name).factory()
+
+
+@lru_cache(maxsize=64)
+def state_spec(name: str) -> dict[str, tuple[tuple[int, ...], object]]:
+    """The architecture's state-dict layout (key -> shape, dtype), read from a module built without memory."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(name)
+    return {key: (tuple(value.shape), value.dtype) for key, value in model.state_dict().items()}

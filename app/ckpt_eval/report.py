@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from .job import JobSummary
+from .text import printable
 
 
 def _cell(value: Any) -> str:
@@ -19,10 +20,8 @@ def _cell(value: Any) -> str:
         return "nan" if math.isnan(value) else f"{value:.4f}"
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
-    text = str(value)
-    # Names come from the database: show control characters escaped, keep the table one line per row.
-    if not text.isprintable():
-        text = ascii(text)[1:-1]
+    # Names come from the database: control characters escaped, one line per row.
+    text = printable(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

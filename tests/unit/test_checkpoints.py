@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,11 @@ from ckpt_eval.checkpoints import (
     MAX_STORED_PATH_LENGTH,
     LoadedCheckpoint,
     load_checkpoint,
-    read_checkpoint_bytes,
     resolve_checkpoint_path,
     validate_stored_path,
 )
 from ckpt_eval.errors import CheckpointError
+from ckpt_eval.isolation import CheckpointParser, ParseLimits
 from ckpt_eval.models import ARCHITECTURES, build_model
 from tests.support.reference_models import ReferenceFashionCNN
 
@@ -31,6 +32,26 @@ pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWar
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def parser() -> Iterator[CheckpointParser]:
+    """The real isolated parser process, shared by the tests of this module."""
+    with CheckpointParser(ParseLimits(wall_seconds=60, cpu_seconds=30, memory_bytes=512 * 1024**2)) as started:
+        yield started
+
+
+def recorded_sha256(path: Path) -> str:
+    """The hash a registry row would hold: the file's own when it is a readable file, else one matching nothing."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "0" * 64
+    except OSError:
+        return "0" * 64
+
+
+def load(parser: CheckpointParser, root: Path, stored: str, arch: str = "digits_mlp") -> LoadedCheckpoint:
+    """What a run does with a registry row whose sha256 was recorded from this very file."""
+    return load_checkpoint(root, stored, arch, recorded_sha256(root / stored), parser)
 
 
 @pytest.fixture
@@ -131,11 +152,11 @@ def test_resolve_finds_file_inside_root(root: Path) -> None:
     assert resolve_checkpoint_path(root, "runs/7/model.pt") == path.resolve()
 
 
-def test_missing_file_is_not_found(root: Path) -> None:
+def test_missing_file_is_not_found(root: Path, parser: CheckpointParser) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         resolve_checkpoint_path(root, "nope.pt")
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(root, "sub/nope.pt", "digits_mlp", None)
+        load(parser, root, "sub/nope.pt", "digits_mlp")
 
 
 def test_root_that_is_not_a_directory(tmp_path: Path) -> None:
@@ -147,65 +168,65 @@ def test_root_that_is_not_a_directory(tmp_path: Path) -> None:
         resolve_checkpoint_path(tmp_path / "missing-root", "x.pt")
 
 
-def test_symlink_leaving_the_root_is_rejected(root: Path, outside: Path) -> None:
+def test_symlink_leaving_the_root_is_rejected(root: Path, outside: Path, parser: CheckpointParser) -> None:
     target = outside / "victim.pt"
     target.write_bytes(torch_bytes(digits_state()))
     (root / "link.pt").symlink_to(target)
     with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
         resolve_checkpoint_path(root, "link.pt")
     with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
-        load_checkpoint(root, "link.pt", "digits_mlp", None)
+        load(parser, root, "link.pt", "digits_mlp")
 
 
-def test_relative_symlink_escaping_via_dotdot_is_rejected(root: Path, outside: Path) -> None:
+def test_relative_symlink_escaping_via_dotdot_is_rejected(root: Path, outside: Path, parser: CheckpointParser) -> None:
     (outside / "victim.pt").write_bytes(torch_bytes(digits_state()))
     (root / "link.pt").symlink_to(Path("..") / outside.name / "victim.pt")
     with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
-        load_checkpoint(root, "link.pt", "digits_mlp", None)
+        load(parser, root, "link.pt", "digits_mlp")
 
 
-def test_symlinked_directory_leaving_the_root_is_rejected(root: Path, outside: Path) -> None:
+def test_symlinked_directory_leaving_the_root_is_rejected(root: Path, outside: Path, parser: CheckpointParser) -> None:
     (outside / "victim.pt").write_bytes(torch_bytes(digits_state()))
     (root / "sub").symlink_to(outside, target_is_directory=True)
     with pytest.raises(CheckpointError, match="leaves the checkpoint root"):
-        load_checkpoint(root, "sub/victim.pt", "digits_mlp", None)
+        load(parser, root, "sub/victim.pt", "digits_mlp")
 
 
-def test_symlink_inside_the_root_is_accepted(root: Path) -> None:
+def test_symlink_inside_the_root_is_accepted(root: Path, parser: CheckpointParser) -> None:
     state = digits_state()
     target = write(root, "store/real.pt", torch_bytes(state))
     (root / "alias.pt").symlink_to(target)
     assert resolve_checkpoint_path(root, "alias.pt") == target.resolve()
-    loaded = load_checkpoint(root, "alias.pt", "digits_mlp", None)
+    loaded = load(parser, root, "alias.pt", "digits_mlp")
     assert_same_weights(loaded.model, state)
 
 
-def test_root_given_through_a_symlink_still_works(tmp_path: Path, root: Path) -> None:
+def test_root_given_through_a_symlink_still_works(tmp_path: Path, root: Path, parser: CheckpointParser) -> None:
     state = digits_state()
     write(root, "m.pt", torch_bytes(state))
     alias_root = tmp_path / "alias-root"
     alias_root.symlink_to(root, target_is_directory=True)
-    loaded = load_checkpoint(alias_root, "m.pt", "digits_mlp", None)
+    loaded = load(parser, alias_root, "m.pt", "digits_mlp")
     assert_same_weights(loaded.model, state)
 
 
-def test_dangling_symlink_is_not_found(root: Path, outside: Path) -> None:
+def test_dangling_symlink_is_not_found(root: Path, outside: Path, parser: CheckpointParser) -> None:
     (root / "dangling.pt").symlink_to(outside / "never-written.pt")
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(root, "dangling.pt", "digits_mlp", None)
+        load(parser, root, "dangling.pt", "digits_mlp")
 
 
-def test_symlink_loop_is_rejected(root: Path) -> None:
+def test_symlink_loop_is_rejected(root: Path, parser: CheckpointParser) -> None:
     (root / "a.pt").symlink_to(root / "b.pt")
     (root / "b.pt").symlink_to(root / "a.pt")
     with pytest.raises(CheckpointError):
-        load_checkpoint(root, "a.pt", "digits_mlp", None)
+        load(parser, root, "a.pt", "digits_mlp")
 
 
-def test_directory_is_rejected_by_load(root: Path) -> None:
+def test_directory_is_rejected_by_load(root: Path, parser: CheckpointParser) -> None:
     (root / "dir.pt").mkdir()
     with pytest.raises(CheckpointError, match="not a regular file"):
-        load_checkpoint(root, "dir.pt", "digits_mlp", None)
+        load(parser, root, "dir.pt", "digits_mlp")
 
 
 def test_directory_is_rejected_by_resolve(root: Path) -> None:
@@ -214,14 +235,14 @@ def test_directory_is_rejected_by_resolve(root: Path) -> None:
         resolve_checkpoint_path(root, "dir.pt")
 
 
-def test_fifo_does_not_hang_the_worker(root: Path) -> None:
+def test_fifo_does_not_hang_the_worker(root: Path, parser: CheckpointParser) -> None:
     fifo = root / "pipe.pt"
     os.mkfifo(fifo)
     outcome: list[BaseException | None] = []
 
     def attempt() -> None:
         try:
-            load_checkpoint(root, "pipe.pt", "digits_mlp", None)
+            load(parser, root, "pipe.pt", "digits_mlp")
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
@@ -237,22 +258,24 @@ def test_fifo_does_not_hang_the_worker(root: Path) -> None:
     assert isinstance(outcome[0], CheckpointError)
 
 
-def test_read_checkpoint_bytes_enforces_size_limit(root: Path) -> None:
-    path = write(root, "big.pt", b"x" * 100)
-    assert read_checkpoint_bytes(path, max_bytes=100) == b"x" * 100
-    with pytest.raises(CheckpointError, match="larger than 99 bytes"):
-        read_checkpoint_bytes(path, max_bytes=99)
+def test_a_file_larger_than_the_parser_may_hold_is_refused_before_reading(root: Path) -> None:
+    write(root, "big.pt", b"x" * (64 * 1024**2 + 1))
+    with (
+        CheckpointParser(ParseLimits(memory_bytes=64 * 1024**2)) as small,
+        pytest.raises(CheckpointError, match="larger than the parser's memory limit"),
+    ):
+        load(small, root, "big.pt")
 
 
 # --------------------------------------------------------------------------- loading: happy paths
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".PT"])
-def test_bare_state_dict_loads(root: Path, suffix: str) -> None:
+def test_bare_state_dict_loads(root: Path, suffix: str, parser: CheckpointParser) -> None:
     state = digits_state(3)
     data = torch_bytes(state)
     write(root, f"m{suffix}", data)
-    loaded = load_checkpoint(root, f"m{suffix}", "digits_mlp", None)
+    loaded = load(parser, root, f"m{suffix}", "digits_mlp")
     assert isinstance(loaded, LoadedCheckpoint)
     assert loaded.sha256 == hashlib.sha256(data).hexdigest()
     assert loaded.size == len(data)
@@ -261,35 +284,35 @@ def test_bare_state_dict_loads(root: Path, suffix: str) -> None:
     assert not loaded.model.training
 
 
-def test_torch_save_to_a_real_file_loads(root: Path) -> None:
+def test_torch_save_to_a_real_file_loads(root: Path, parser: CheckpointParser) -> None:
     state = digits_state(4)
     torch.save(state, root / "saved.pt")
-    loaded = load_checkpoint(root, "saved.pt", "digits_mlp", None)
+    loaded = load(parser, root, "saved.pt", "digits_mlp")
     assert_same_weights(loaded.model, state)
 
 
 @pytest.mark.parametrize("key", ["state_dict", "model_state_dict"])
-def test_wrapped_state_dict_loads(root: Path, key: str) -> None:
+def test_wrapped_state_dict_loads(root: Path, key: str, parser: CheckpointParser) -> None:
     state = digits_state(5)
     write(root, "wrapped.pt", torch_bytes({key: state, "epoch": 3, "lr": 0.01}))
-    loaded = load_checkpoint(root, "wrapped.pt", "digits_mlp", None)
+    loaded = load(parser, root, "wrapped.pt", "digits_mlp")
     assert_same_weights(loaded.model, state)
 
 
-def test_safetensors_loads(root: Path) -> None:
+def test_safetensors_loads(root: Path, parser: CheckpointParser) -> None:
     state = {k: v.contiguous() for k, v in digits_state(6).items()}
     save_file(state, str(root / "m.safetensors"))
     data = (root / "m.safetensors").read_bytes()
-    loaded = load_checkpoint(root, "m.safetensors", "digits_mlp", hashlib.sha256(data).hexdigest())
+    loaded = load_checkpoint(root, "m.safetensors", "digits_mlp", hashlib.sha256(data).hexdigest(), parser)
     assert loaded.sha256 == hashlib.sha256(data).hexdigest()
     assert_same_weights(loaded.model, state)
 
 
-def test_loaded_model_computes_the_same_outputs(root: Path) -> None:
+def test_loaded_model_computes_the_same_outputs(root: Path, parser: CheckpointParser) -> None:
     torch.manual_seed(7)
     original = build_model("digits_mlp").eval()
     write(root, "m.pt", torch_bytes(original.state_dict()))
-    loaded = load_checkpoint(root, "m.pt", "digits_mlp", None).model
+    loaded = load(parser, root, "m.pt", "digits_mlp").model
     inputs = torch.rand(5, 1, 8, 8)
     with torch.inference_mode():
         assert torch.equal(original(inputs), loaded(inputs))
@@ -298,47 +321,47 @@ def test_loaded_model_computes_the_same_outputs(root: Path) -> None:
 # --------------------------------------------------------------------------- sha256
 
 
-def test_sha256_mismatch_is_rejected(root: Path) -> None:
+def test_sha256_mismatch_is_rejected(root: Path, parser: CheckpointParser) -> None:
     write(root, "m.pt", torch_bytes(digits_state()))
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
-        load_checkpoint(root, "m.pt", "digits_mlp", "0" * 64)
+        load_checkpoint(root, "m.pt", "digits_mlp", "0" * 64, parser)
 
 
-def test_sha256_of_a_swapped_file_is_rejected(root: Path) -> None:
+def test_sha256_of_a_swapped_file_is_rejected(root: Path, parser: CheckpointParser) -> None:
     registered = torch_bytes(digits_state(1))
     write(root, "m.pt", torch_bytes(digits_state(2)))
     with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(root, "m.pt", "digits_mlp", hashlib.sha256(registered).hexdigest())
+        load_checkpoint(root, "m.pt", "digits_mlp", hashlib.sha256(registered).hexdigest(), parser)
 
 
 @pytest.mark.parametrize("case", ["lower", "upper"])
-def test_matching_sha256_passes(root: Path, case: str) -> None:
+def test_matching_sha256_passes(root: Path, case: str, parser: CheckpointParser) -> None:
     data = torch_bytes(digits_state())
     write(root, "m.pt", data)
     digest = hashlib.sha256(data).hexdigest()
     expected = digest.upper() if case == "upper" else digest
-    assert load_checkpoint(root, "m.pt", "digits_mlp", expected).sha256 == digest
+    assert load_checkpoint(root, "m.pt", "digits_mlp", expected, parser).sha256 == digest
 
 
-def test_sha256_checked_before_unpickling(root: Path, tmp_path: Path) -> None:
+def test_sha256_checked_before_unpickling(root: Path, tmp_path: Path, parser: CheckpointParser) -> None:
     marker = tmp_path / "pwned-by-sha"
     write(root, "evil.pt", torch_bytes(Exploit(marker)))
     with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(root, "evil.pt", "digits_mlp", "f" * 64)
+        load_checkpoint(root, "evil.pt", "digits_mlp", "f" * 64, parser)
     assert not marker.exists()
 
 
 # --------------------------------------------------------------------------- loading: corrupt files
 
 
-def test_empty_file(root: Path) -> None:
+def test_empty_file(root: Path, parser: CheckpointParser) -> None:
     write(root, "empty.pt", b"")
     with pytest.raises(CheckpointError, match="empty"):
-        load_checkpoint(root, "empty.pt", "digits_mlp", None)
+        load(parser, root, "empty.pt", "digits_mlp")
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_truncated_file(root: Path, suffix: str) -> None:
+def test_truncated_file(root: Path, suffix: str, parser: CheckpointParser) -> None:
     state = {k: v.contiguous() for k, v in digits_state().items()}
     if suffix == ".safetensors":
         save_file(state, str(root / "full.safetensors"))
@@ -347,42 +370,42 @@ def test_truncated_file(root: Path, suffix: str) -> None:
         data = torch_bytes(state)
     write(root, f"half{suffix}", data[: len(data) // 2])
     with pytest.raises(CheckpointError):
-        load_checkpoint(root, f"half{suffix}", "digits_mlp", None)
+        load(parser, root, f"half{suffix}", "digits_mlp")
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors"])
-def test_random_bytes(root: Path, suffix: str) -> None:
+def test_random_bytes(root: Path, suffix: str, parser: CheckpointParser) -> None:
     data = random.Random(1234).randbytes(4096)
     write(root, f"noise{suffix}", data)
     with pytest.raises(CheckpointError):
-        load_checkpoint(root, f"noise{suffix}", "digits_mlp", None)
+        load(parser, root, f"noise{suffix}", "digits_mlp")
 
 
 @pytest.mark.parametrize(
     "text",
     [b'{"weights": [1, 2, 3]}\n', b"#!/bin/sh\necho hi\n", b"PK\x03\x04 not really a zip"],
 )
-def test_text_files_starting_with_non_pickle_opcodes(root: Path, text: bytes) -> None:
+def test_text_files_starting_with_non_pickle_opcodes(root: Path, text: bytes, parser: CheckpointParser) -> None:
     write(root, "notes.pt", text)
     with pytest.raises(CheckpointError):
-        load_checkpoint(root, "notes.pt", "digits_mlp", None)
+        load(parser, root, "notes.pt", "digits_mlp")
 
 
 @pytest.mark.parametrize("text", [b"hello world\n", b"abc\n", b". \n"], ids=["hello", "abc", "dot"])
-def test_plain_text_file_is_a_checkpoint_error(root: Path, text: bytes) -> None:
+def test_plain_text_file_is_a_checkpoint_error(root: Path, text: bytes, parser: CheckpointParser) -> None:
     write(root, "readme.pt", text)
     with pytest.raises(CheckpointError):
-        load_checkpoint(root, "readme.pt", "digits_mlp", None)
+        load(parser, root, "readme.pt", "digits_mlp")
 
 
-def test_fuzzed_bytes_always_give_checkpoint_error(root: Path) -> None:
+def test_fuzzed_bytes_always_give_checkpoint_error(root: Path, parser: CheckpointParser) -> None:
     rng = random.Random(0)
     escaped = []
     for i in range(300):
         data = rng.randbytes(rng.randint(1, 200))
         write(root, "fuzz.pt", data)
         try:
-            load_checkpoint(root, "fuzz.pt", "digits_mlp", None)
+            load(parser, root, "fuzz.pt", "digits_mlp")
         except CheckpointError:
             continue
         except Exception as exc:
@@ -391,51 +414,51 @@ def test_fuzzed_bytes_always_give_checkpoint_error(root: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pkl", ""])
-def test_unsupported_extension(root: Path, suffix: str) -> None:
+def test_unsupported_extension(root: Path, suffix: str, parser: CheckpointParser) -> None:
     write(root, f"model{suffix}", torch_bytes(digits_state()))
     with pytest.raises(CheckpointError, match="unsupported extension"):
-        load_checkpoint(root, f"model{suffix}", "digits_mlp", None)
+        load(parser, root, f"model{suffix}", "digits_mlp")
 
 
-def test_wrong_architecture(root: Path) -> None:
+def test_wrong_architecture(root: Path, parser: CheckpointParser) -> None:
     write(root, "fashion.pt", torch_bytes(build_model("fashion_cnn").state_dict()))
     with pytest.raises(CheckpointError, match="does not fit architecture digits_mlp"):
-        load_checkpoint(root, "fashion.pt", "digits_mlp", None)
+        load(parser, root, "fashion.pt", "digits_mlp")
     write(root, "digits.pt", torch_bytes(digits_state()))
     with pytest.raises(CheckpointError, match="does not fit architecture fashion_cnn"):
-        load_checkpoint(root, "digits.pt", "fashion_cnn", None)
+        load(parser, root, "digits.pt", "fashion_cnn")
 
 
-def test_missing_key(root: Path) -> None:
+def test_missing_key(root: Path, parser: CheckpointParser) -> None:
     state = digits_state()
     del state["layers.3.bias"]
     write(root, "missing.pt", torch_bytes(state))
     with pytest.raises(CheckpointError, match="architecture digits_mlp") as caught:
-        load_checkpoint(root, "missing.pt", "digits_mlp", None)
+        load(parser, root, "missing.pt", "digits_mlp")
     assert "layers.3.bias" in str(caught.value)
 
 
-def test_extra_key(root: Path) -> None:
+def test_extra_key(root: Path, parser: CheckpointParser) -> None:
     state = digits_state()
     state["layers.9.weight"] = torch.zeros(3)
     write(root, "extra.pt", torch_bytes(state))
     with pytest.raises(CheckpointError, match="architecture digits_mlp") as caught:
-        load_checkpoint(root, "extra.pt", "digits_mlp", None)
+        load(parser, root, "extra.pt", "digits_mlp")
     assert "layers.9.weight" in str(caught.value)
 
 
-def test_wrong_shape(root: Path) -> None:
+def test_wrong_shape(root: Path, parser: CheckpointParser) -> None:
     state = digits_state()
     state["layers.1.weight"] = torch.zeros(16, 64)
     write(root, "shape.pt", torch_bytes(state))
     with pytest.raises(CheckpointError, match="architecture digits_mlp"):
-        load_checkpoint(root, "shape.pt", "digits_mlp", None)
+        load(parser, root, "shape.pt", "digits_mlp")
 
 
-def test_wrong_architecture_error_is_one_line(root: Path) -> None:
+def test_wrong_architecture_error_is_one_line(root: Path, parser: CheckpointParser) -> None:
     write(root, "fashion.pt", torch_bytes(build_model("fashion_cnn").state_dict()))
     with pytest.raises(CheckpointError) as caught:
-        load_checkpoint(root, "fashion.pt", "digits_mlp", None)
+        load(parser, root, "fashion.pt", "digits_mlp")
     assert "\n" not in str(caught.value)
 
 
@@ -449,10 +472,10 @@ def test_wrong_architecture_error_is_one_line(root: Path) -> None:
         pytest.param(lambda s: {"state_dict": {**s, "x": [1, 2]}}, id="wrapped-list-value"),
     ],
 )
-def test_non_tensor_entry(root: Path, payload) -> None:
+def test_non_tensor_entry(root: Path, payload, parser: CheckpointParser) -> None:
     write(root, "odd.pt", torch_bytes(payload(digits_state())))
     with pytest.raises(CheckpointError, match="not a named tensor"):
-        load_checkpoint(root, "odd.pt", "digits_mlp", None)
+        load(parser, root, "odd.pt", "digits_mlp")
 
 
 @pytest.mark.parametrize(
@@ -460,21 +483,21 @@ def test_non_tensor_entry(root: Path, payload) -> None:
     [{}, [1, 2, 3], torch.zeros(3), 42, {"state_dict": {}}],
     ids=["empty-dict", "list", "tensor", "int", "empty-wrapped"],
 )
-def test_not_a_state_dict(root: Path, obj: object) -> None:
+def test_not_a_state_dict(root: Path, obj: object, parser: CheckpointParser) -> None:
     write(root, "odd.pt", torch_bytes(obj))
     with pytest.raises(CheckpointError, match="state dict"):
-        load_checkpoint(root, "odd.pt", "digits_mlp", None)
+        load(parser, root, "odd.pt", "digits_mlp")
 
 
-def test_unknown_architecture(root: Path) -> None:
+def test_unknown_architecture(root: Path, parser: CheckpointParser) -> None:
     write(root, "m.pt", torch_bytes(digits_state()))
     with pytest.raises(CheckpointError, match="unknown architecture 'resnet50'"):
-        load_checkpoint(root, "m.pt", "resnet50", None)
+        load(parser, root, "m.pt", "resnet50")
 
 
-def test_error_exit_code_is_data_error(root: Path) -> None:
+def test_error_exit_code_is_data_error(root: Path, parser: CheckpointParser) -> None:
     with pytest.raises(CheckpointError) as caught:
-        load_checkpoint(root, "nope.pt", "digits_mlp", None)
+        load(parser, root, "nope.pt", "digits_mlp")
     assert caught.value.exit_code == 65
 
 
@@ -512,12 +535,14 @@ def _evil_payloads(marker: Path) -> dict[str, bytes]:
     ],
 )
 @pytest.mark.parametrize("suffix", [".pt", ".pth"])
-def test_code_execution_payload_is_refused(root: Path, tmp_path: Path, form: str, suffix: str) -> None:
+def test_code_execution_payload_is_refused(
+    root: Path, tmp_path: Path, form: str, suffix: str, parser: CheckpointParser
+) -> None:
     marker = tmp_path / "pwned"
     data = _evil_payloads(marker)[form]
     write(root, f"x{suffix}", data)
     with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(root, f"x{suffix}", "digits_mlp", hashlib.sha256(data).hexdigest())
+        load_checkpoint(root, f"x{suffix}", "digits_mlp", hashlib.sha256(data).hexdigest(), parser)
     assert not marker.exists()
 
 
@@ -539,11 +564,11 @@ def test_fashion_cnn_layout_matches_reference() -> None:
     assert ARCHITECTURES["fashion_cnn"].input_shape == (1, 28, 28)
 
 
-def test_reference_fashion_cnn_checkpoint_loads_strictly(root: Path) -> None:
+def test_reference_fashion_cnn_checkpoint_loads_strictly(root: Path, parser: CheckpointParser) -> None:
     torch.manual_seed(11)
     reference = ReferenceFashionCNN().eval()
     write(root, "fashion.pt", torch_bytes({"model_state_dict": reference.state_dict()}))
-    loaded = load_checkpoint(root, "fashion.pt", "fashion_cnn", None).model
+    loaded = load(parser, root, "fashion.pt", "fashion_cnn").model
     assert_same_weights(loaded, reference.state_dict())
     inputs = torch.rand(3, 1, 28, 28)
     with torch.inference_mode():

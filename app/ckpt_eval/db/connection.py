@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass
 
 import psycopg
@@ -18,6 +20,8 @@ from tenacity import (
 
 from ..credentials import DbCredentials
 from ..errors import AuthenticationError, ConfigError, DatabaseUnavailable
+from ..text import printable
+from .errors import Transient, rejected_setting
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +54,19 @@ class RetryPolicy:
         return Retrying(
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
             wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait) + wait_random(0, self.initial_wait),
-            retry=retry_if_exception_type(_Transient),
+            retry=retry_if_exception_type(Transient),
             reraise=False,
         )
-
-
-class _Transient(Exception):
-    """Internal marker: an operation failed in a way a retry may fix."""
 
 
 def classify_connect_error(exc: psycopg.Error, creds: DbCredentials) -> Exception:
     """Map a connection failure to our error types; the message never carries the password."""
     text = str(exc)
-    where = f"{creds.user}@{creds.host}:{creds.port}/{creds.dbname}"
+    where = printable(f"{creds.user}@{creds.host}:{creds.port}/{creds.dbname}")
     lowered = text.lower()
+    setting = rejected_setting(text)
+    if setting is not None:
+        return setting
     if any(marker in lowered for marker in _CLIENT_CONFIG_MARKERS):
         return ConfigError(f"cannot connect to {where}: {_last_line(text)}")
     unknown_role = 'role "' in lowered and "does not exist" in lowered
@@ -71,7 +74,7 @@ def classify_connect_error(exc: psycopg.Error, creds: DbCredentials) -> Exceptio
         return AuthenticationError(f"database refused {where}: {_last_line(text)}")
     if any(marker in lowered for marker in _CONFIG_MARKERS):
         return ConfigError(f"cannot connect to {where}: {_last_line(text)}")
-    return _Transient(f"database {where} unavailable: {_last_line(text)}")
+    return Transient(f"database {where} unavailable: {_last_line(text)}")
 
 
 def _last_line(text: str) -> str:
@@ -81,7 +84,21 @@ def _last_line(text: str) -> str:
     for marker in ("FATAL:", "failed:"):
         if marker in detail:
             detail = detail.rsplit(marker, 1)[1].strip()
-    return detail
+    return printable(detail, 300)
+
+
+def check_ca_file(path: str | None) -> None:
+    """libpq reads the CA file itself: make sure it is a regular file first, so a FIFO cannot hang it."""
+    if not path or path == "system":
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f'root certificate file "{printable(path)}" does not exist') from None
+    except OSError as exc:
+        raise ConfigError(f"root certificate file {printable(path)} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"root certificate file {printable(path)} is not a regular file")
 
 
 def connect(
@@ -93,6 +110,7 @@ def connect(
     application_name: str = "ckpt-eval",
 ) -> psycopg.Connection:
     """Open an autocommit connection, retrying transient failures; exit 75 when they persist."""
+    check_ca_file(creds.sslrootcert)
     kwargs = creds.connect_kwargs()
     kwargs.setdefault("connect_timeout", 10)
     kwargs["application_name"] = application_name
@@ -114,7 +132,7 @@ def connect(
                     return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
                 except psycopg.OperationalError as exc:
                     error = classify_connect_error(exc, creds)
-                    if not isinstance(error, _Transient):
+                    if not isinstance(error, Transient):
                         raise error from None
                     last = error
                     log.warning("%s (attempt %d of %d)", error, attempt.retry_state.attempt_number, policy.attempts)

@@ -19,16 +19,13 @@ from tenacity import RetryError
 
 from ..credentials import DbCredentials
 from ..errors import DatabaseUnavailable, LeaseLost, UsageError
+from ..text import quoted
 from . import sql
-from .connection import RetryPolicy, _Transient, connect
+from .connection import RetryPolicy, connect
+from .errors import Transient, is_lost_race, server_message, translate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Lost races: Greenplum with the global deadlock detector reports concurrent updates of one row
-# as an error rather than serialising them; deadlocks and serialization failures are the same story.
-_LOST_RACE_SQLSTATES = {"40001", "40P01"}
-_CONCURRENT_UPDATE = "concurrent update"
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,11 @@ class Repository:
         self.close()
 
     def _with_retry(self, operation: Callable[[psycopg.Connection], T], what: str) -> T:
-        """Run ``operation`` on a live connection; reconnect and retry when the connection breaks."""
+        """Run ``operation`` on a live connection; every database error is translated here, once.
+
+        What a retry may fix (a broken connection, a restart, a timeout, a lost race) reconnects
+        and tries again within the retry policy; anything else is raised as ckpt-eval's error.
+        """
         last: Exception | None = None
         try:
             for attempt in self._policy.retrying():
@@ -110,15 +111,17 @@ class Repository:
                     assert self._conn is not None
                     try:
                         return operation(self._conn)
-                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                        # A broken connection, a server restart, or a statement timeout: start afresh.
-                        last = exc
-                        log.warning("database error during %s, reconnecting: %s", what, str(exc).strip()[:200])
+                    except psycopg.Error as exc:
+                        error = translate(exc, what, self._creds.user)
+                        if not isinstance(error, Transient):
+                            raise error from None
+                        last = error
+                        log.warning("%s; reconnecting", error)
                         self.close()
-                        raise _Transient(what) from None
+                        raise error from None
         except RetryError:
             pass
-        raise DatabaseUnavailable(f"database unavailable during {what}: {str(last).strip()[:200]}")
+        raise DatabaseUnavailable(f"{last} (gave up after {self._policy.attempts} attempts)")
 
     # -- reads --------------------------------------------------------------------------------
     def server_now(self) -> datetime:
@@ -196,8 +199,8 @@ class Repository:
                 if conn.execute(sql.CLAIM, params).rowcount != 1:
                     return None
             except psycopg.errors.DatabaseError as exc:
-                if exc.sqlstate in _LOST_RACE_SQLSTATES or _CONCURRENT_UPDATE in str(exc).lower():
-                    log.debug("lost the race for %s: %s", name, exc.sqlstate)
+                if is_lost_race(exc):
+                    log.debug("lost the race for %s: %s", quoted(name), server_message(exc))
                     return None
                 raise
             with conn.cursor(row_factory=dict_row) as cur:
@@ -238,7 +241,7 @@ class Repository:
                 )
                 if fenced.rowcount != 1:
                     raise LeaseLost(
-                        f"checkpoint {claim.checkpoint_id} ({claim.name!r}): lease lost to another worker; "
+                        f"checkpoint {claim.checkpoint_id} ({quoted(claim.name)}): lease lost to another worker; "
                         "result discarded"
                     )
                 run_id = conn.execute(sql.INSERT_RUN, self._run_params(claim, record)).fetchone()[0]  # type: ignore[index]
@@ -310,10 +313,12 @@ class Repository:
 
         def insert(conn: psycopg.Connection) -> int:
             if conn.execute(sql.NAME_TAKEN, params).fetchone() is not None:
-                raise UsageError(f"a checkpoint named {name!r} is already registered")
+                raise UsageError(f"a checkpoint named {quoted(name)} is already registered")
             try:
                 return int(conn.execute(sql.REGISTER, params).fetchone()[0])  # type: ignore[index]
             except psycopg.errors.UniqueViolation:
-                raise UsageError(f"a checkpoint named {name!r} is already registered") from None
+                raise UsageError(f"a checkpoint named {quoted(name)} is already registered") from None
+            except psycopg.errors.CheckViolation as exc:
+                raise UsageError(f"the registry refused the checkpoint: {server_message(exc)}") from None
 
         return self._with_retry(insert, "registering")
