@@ -206,7 +206,14 @@ GRANT INSERT (name, path, arch, dataset, sha256, min_accuracy, min_f1_macro)
     ON ckpt_eval.checkpoints TO ckpt_eval_app;
 GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, requested_at, updated_at)
     ON ckpt_eval.checkpoints TO ckpt_eval_app;
-GRANT INSERT ON ckpt_eval.evaluation_runs, ckpt_eval.evaluation_metrics TO ckpt_eval_app;
+-- Runs: every column but the key, which only the owner's function assigns (an app-chosen run_id
+-- could take an id the job is about to be given).
+REVOKE INSERT ON ckpt_eval.evaluation_runs FROM ckpt_eval_app;
+GRANT INSERT (checkpoint_id, checkpoint_name, attempt, dataset, dataset_sha256, checkpoint_sha256, status, verdict,
+              verdict_reasons, error, started_at, finished_at, duration_seconds, n_samples, worker_host, worker_pid,
+              app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix)
+    ON ckpt_eval.evaluation_runs TO ckpt_eval_app;
+GRANT INSERT ON ckpt_eval.evaluation_metrics TO ckpt_eval_app;
 -- Keys only through the owner's functions: no privilege on any sequence (version 1 granted USAGE).
 REVOKE ALL ON SEQUENCE ckpt_eval.checkpoints_checkpoint_id_seq, ckpt_eval.evaluation_runs_run_id_seq
     FROM ckpt_eval_app, PUBLIC;

@@ -216,11 +216,16 @@ def inspect_checkpoint(root: Path, stored_path: str, arch: str, parser: Checkpoi
 
 def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: str) -> nn.Module:
     """Load parser output (plain tensors of the architecture's layout) strictly into a fresh module."""
+    import torch
+
     from .models import build_model
 
-    model = build_model(arch)
+    # Built without memory and given the parser's tensors as they are: no random initialisation
+    # that would be overwritten at once, no copy.
+    with torch.device("meta"):
+        model = build_model(arch)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         detail = printable(" ".join(str(exc).split()), 500)
         raise CheckpointError(f"checkpoint {describe(name)} does not fit architecture {arch}: {detail}") from None

@@ -39,7 +39,7 @@ OPTIONAL_KEYS = ("sslmode", "sslrootcert", "connect_timeout")
 # a FIFO or an endless stdin must fail fast instead of hanging the job or filling its memory.
 MAX_PASSWORD_BYTES = 64 * 1024
 MAX_CREDENTIALS_BYTES = 1024 * 1024
-STDIN_SECONDS = 30.0
+STDIN_SECONDS = 30.0  # CKPT_EVAL_STDIN_TIMEOUT overrides it
 MAX_CONNECT_TIMEOUT = 3600
 
 
@@ -140,8 +140,21 @@ def read_bounded_file(path: str | Path, limit: int, what: str) -> tuple[bytes, i
     return data, info.st_mode
 
 
-def read_bounded_stdin(stream: BinaryIO, limit: int = MAX_PASSWORD_BYTES, seconds: float = STDIN_SECONDS) -> bytes:
+def stdin_seconds() -> float:
+    """How long stdin may take to deliver the vault password (CKPT_EVAL_STDIN_TIMEOUT, default 30 s)."""
+    raw = os.environ.get("CKPT_EVAL_STDIN_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else STDIN_SECONDS
+    except ValueError:
+        raise ConfigError("CKPT_EVAL_STDIN_TIMEOUT must be a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise ConfigError("CKPT_EVAL_STDIN_TIMEOUT must be between 0 and 3600 seconds")
+    return value
+
+
+def read_bounded_stdin(stream: BinaryIO, limit: int = MAX_PASSWORD_BYTES, seconds: float | None = None) -> bytes:
     """Read stdin to its end, at most ``limit`` bytes and within ``seconds``."""
+    seconds = stdin_seconds() if seconds is None else seconds
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # an in-memory stream (tests, embedding)

@@ -259,27 +259,27 @@ def missing_file(deployment: Deployment, tmp_path: Path) -> list[Expect]:
 def empty_file(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     (deployment.checkpoint_root / "empty.pt").write_bytes(b"")
     deployment.register_row("empty", "empty.pt")
-    return [Expect("empty", re.escape("checkpoint empty.pt is empty"))]
+    return [Expect("empty", re.escape("checkpoint 'empty.pt' is empty"))]
 
 
 def truncated_file(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     data = (deployment.checkpoint_root / GOOD_FILE).read_bytes()
     (deployment.checkpoint_root / "truncated.pt").write_bytes(data[: len(data) // 2])
     deployment.register_row("truncated", "truncated.pt")
-    return [Expect("truncated", re.escape("truncated.pt is not a readable PyTorch checkpoint"))]
+    return [Expect("truncated", r"'truncated\.pt' (is not a valid archive|refused: not a readable PyTorch checkpoint)")]
 
 
 def text_file(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     (deployment.checkpoint_root / "notes.pt").write_text("this is not a checkpoint: upload the real weights\n")
     deployment.register_row("notes", "notes.pt")
-    return [Expect("notes", r"notes\.pt (is not a readable PyTorch checkpoint|refused: it is not a plain tensor)")]
+    return [Expect("notes", r"'notes\.pt' refused: (not a readable PyTorch checkpoint|it is not a plain tensor)")]
 
 
 def wrong_shapes(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     torch.manual_seed(0)
     torch.save(build_model("fashion_cnn").state_dict(), deployment.checkpoint_root / "fashion-cnn.pt")
     deployment.register_row("cnn-as-mlp", "fashion-cnn.pt", arch="digits_mlp")
-    return [Expect("cnn-as-mlp", re.escape("checkpoint fashion-cnn.pt does not fit architecture digits_mlp"))]
+    return [Expect("cnn-as-mlp", re.escape("checkpoint 'fashion-cnn.pt' does not fit architecture digits_mlp"))]
 
 
 def nan_weights(deployment: Deployment, tmp_path: Path) -> list[Expect]:
@@ -321,7 +321,7 @@ def pickle_payload(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     marker = tmp_path / "payload-ran"
     torch.save({"layers.1.weight": CodeExecution(marker)}, deployment.checkpoint_root / "payload.pt")
     deployment.register_row("payload", "payload.pt")
-    return [Expect("payload", re.escape("payload.pt refused: it is not a plain tensor state dict"))]
+    return [Expect("payload", re.escape("'payload.pt' refused: it is not a plain tensor state dict"))]
 
 
 def check_payload(deployment: Deployment, tmp_path: Path, result: Result) -> str:
@@ -334,7 +334,9 @@ def sha256_mismatch(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     deployment.register_row("swapped", "swapped.pt")
     deployment.sql(f"UPDATE ckpt_eval.checkpoints SET sha256 = '{sha256_of(path)}' WHERE name = 'swapped'")
     copy_demo(deployment, UNDERTRAINED_FILE, "swapped.pt")  # a valid checkpoint, but not the registered one
-    return [Expect("swapped", r"swapped\.pt: sha256 mismatch \(registry [0-9a-f]{12}\.\.\., file [0-9a-f]{12}\.\.\.\)")]
+    return [
+        Expect("swapped", r"'swapped\.pt': sha256 mismatch \(registry [0-9a-f]{12}\.\.\., file [0-9a-f]{12}\.\.\.\)")
+    ]
 
 
 def absolute_path(deployment: Deployment, tmp_path: Path) -> list[Expect]:
@@ -369,8 +371,8 @@ LOOKALIKE = "digits-mlp-g\u03bfod.pt"  # Greek small omicron instead of 'o'
 
 def lookalike_path(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     deployment.register_row("lookalike", LOOKALIKE)
-    # The error shows the path escaped, so the look-alike character is visible to whoever reads it.
-    return [Expect("lookalike", re.escape("checkpoint 'digits-mlp-g\\u03bfod.pt' not found under the checkpoint root"))]
+    # The look-alike does not resolve to the real file; the error names the path exactly as stored.
+    return [Expect("lookalike", re.escape(f"checkpoint '{LOOKALIKE}' not found under the checkpoint root"))]
 
 
 def symlink_out(deployment: Deployment, tmp_path: Path) -> list[Expect]:
@@ -434,7 +436,7 @@ def sql_looking(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     deployment.register_row(bad_name, bad_path)
     return [
         Expect(good_name, "", status="succeeded", verdict="pass"),
-        Expect(bad_name, re.escape(f'checkpoint "{bad_path}" not found under the checkpoint root')),
+        Expect(bad_name, re.escape(f"checkpoint '{bad_path}' not found under the checkpoint root")),
     ]
 
 
@@ -546,7 +548,10 @@ class RefusedRow:
     message: str
 
 
-INSERT = b"INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset) VALUES ('hostile', %s, 'digits_mlp', 'digits')"
+INSERT = (
+    b"INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256) "
+    b"VALUES ('hostile', %s, 'digits_mlp', 'digits', repeat('0', 64))"
+)
 
 REFUSED_ROWS = {
     # E'\000' asks the server itself for a NUL: PostgreSQL text cannot hold one

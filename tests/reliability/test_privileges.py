@@ -150,8 +150,8 @@ def test_app_role_can_do_what_the_job_needs(deployment: Deployment, figure) -> N
             "lease_token = 't', lease_expires_at = now(), requested_at = now(), updated_at = now()"
         ).rowcount
         conn.execute(
-            "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset) "
-            "VALUES ('control', 'control.pt', 'digits_mlp', 'digits')"
+            "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256) "
+            "VALUES ('control', 'control.pt', 'digits_mlp', 'digits', repeat('0', 64))"
         )
         run_id = conn.execute(
             "INSERT INTO ckpt_eval.evaluation_runs (checkpoint_id, checkpoint_name, attempt, dataset, status, "

@@ -4,6 +4,7 @@ The fixtures are registered in tests/conftest.py."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
@@ -115,14 +116,35 @@ class Deployment:
         target.write_text(encrypt_mapping({k: v for k, v in data.items() if v is not None}, VAULT_PASSWORD.encode()))
         return target
 
-    def register_row(self, name: str, path: str, arch: str = "digits_mlp", dataset: str = "digits") -> int:
-        """Insert a registry row as the owner would, bypassing `register`'s checks (hostile rows)."""
-        escaped = [value.replace("'", "''") for value in (name, path, arch, dataset)]
-        out = self.sql(
-            "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset) "
-            f"VALUES ('{escaped[0]}', '{escaped[1]}', '{escaped[2]}', '{escaped[3]}') RETURNING checkpoint_id"
-        )
-        return int(out.splitlines()[0])
+    def register_row(
+        self, name: str, path: str, arch: str = "digits_mlp", dataset: str = "digits", sha256: str | None = None
+    ) -> int:
+        """Insert a registry row as the owner would, bypassing `register`'s checks (hostile rows).
+
+        The recorded sha256 is the file's own when ``path`` names a regular file under the checkpoint
+        root (so the row fails for the reason under test, not a hash mismatch), else one matching nothing.
+        """
+        if sha256 is None:
+            sha256 = file_sha256(self.checkpoint_root, path)
+        with self.superuser() as conn:
+            row = conn.execute(
+                "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING checkpoint_id",
+                (name, path, arch, dataset, sha256),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def file_sha256(root: Path, stored: str) -> str:
+    """The sha256 of ``root/stored`` when it is a readable regular file inside the root, else 64 zeros."""
+    try:
+        candidate = (root / stored).resolve()
+        if "\x00" not in stored and candidate.is_file() and not stored.startswith("/"):
+            return hashlib.sha256(candidate.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        pass
+    return "0" * 64
 
 
 def base_environment() -> dict[str, str]:
@@ -132,10 +154,12 @@ def base_environment() -> dict[str, str]:
     }
 
 
-def new_deployment(cluster: PgCluster, tmp_path: Path, dbname: str | None = None) -> Deployment:
+def new_deployment(
+    cluster: PgCluster, tmp_path: Path, dbname: str | None = None, init_sql: Path = REPO / "init.sql"
+) -> Deployment:
     """A fresh database with init.sql applied on ``cluster``, plus a classifier host's files in tmp_path."""
     dbname = dbname or f"ckpt_eval_t{next(_database_numbers)}"
-    create_app_database(cluster, REPO / "init.sql", APP_PASSWORD, dbname=dbname)
+    create_app_database(cluster, init_sql, APP_PASSWORD, dbname=dbname)
     workdir = tmp_path / "host"
     workdir.mkdir()
     checkpoint_root = workdir / "checkpoints"

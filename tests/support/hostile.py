@@ -102,3 +102,56 @@ def huge_storage_pickle_checkpoint(numel: int) -> bytes:
 
 def crc_fixed(data: bytes) -> int:
     return zlib.crc32(data)
+
+
+def torch_archive_with_pickle(pickled: bytes) -> bytes:
+    """A torch.save archive whose data.pkl is replaced by ``pickled`` (records stored, as torch writes them)."""
+    base = _torch_archive({"w": torch.zeros(2)})
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(base)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = pickled if info.filename.endswith("/data.pkl") else source.read(info.filename)
+            target.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def safetensors_header_length(claimed: int) -> bytes:
+    """A safetensors file whose 8-byte header length claims ``claimed`` bytes of JSON."""
+    return struct.pack("<Q", claimed) + b'{"a":' + bytes(64)
+
+
+def safetensors_overlapping_offsets() -> bytes:
+    """Two tensors whose byte ranges overlap (a reader must not alias or over-read)."""
+    header = json.dumps(
+        {
+            "layers.1.weight": {"dtype": "F32", "shape": [32, 64], "data_offsets": [0, 8192]},
+            "layers.1.bias": {"dtype": "F32", "shape": [32], "data_offsets": [64, 192]},
+        }
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + bytes(8192)
+
+
+def pickle_with_global(module: str, name: str) -> bytes:
+    """A protocol-4 pickle calling ``module.name()`` through STACK_GLOBAL (any text, control characters too)."""
+    out = bytearray(pickle.PROTO + b"\x04")
+    for text in (module, name):
+        encoded = text.encode("utf-8", "surrogatepass")
+        out += pickle.BINUNICODE + struct.pack("<I", len(encoded)) + encoded
+    out += pickle.STACK_GLOBAL + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    return bytes(out)
+
+
+class _CodeExecution:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, (self.command,))
+
+
+def code_execution_pickle(marker: object) -> bytes:
+    """The classic payload: unpickling it runs ``touch marker``."""
+    return pickle.dumps(_CodeExecution(f"touch {marker}"))

@@ -72,7 +72,7 @@ def translate(exc: psycopg.Error, what: str, role: str) -> Exception:
     if state == "25006":
         return ConfigError(f"the database is read-only during {what} (a standby?): {detail}; connect to the primary")
     if state == "0A000":
-        return ConfigError(f"the database server does not support what {what} needs: {detail}")
+        return ConfigError(f"the database server does not support a feature used during {what}: {detail}")
     if state[:2] == "22":
         return DataError(f"the database refused a value during {what}: {detail} (SQLSTATE {state})")
     return DatabaseRejected(f"the database rejected ckpt-eval's statement during {what}: {detail} (SQLSTATE {state})")
