@@ -296,9 +296,19 @@ def deserialize_state_dict(data: bytes | memoryview, suffix: str, name: str, max
         check_zip_archive(data, max_expanded, name)
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as exc:  # every loader failure on a bad file means "not a checkpoint we accept"
+        if is_allocation_failure(exc):
+            raise MemoryError from None
         raise CheckpointError(f"checkpoint {shown} refused: {_loader_reason(exc)}") from None
     return extract_state_dict(loaded, name)
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """torch reports a failed allocation (the parser's memory limit) as a RuntimeError."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "failed to allocate" in text
 
 
 def _loader_reason(exc: BaseException) -> str:

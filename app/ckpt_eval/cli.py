@@ -299,13 +299,16 @@ def cli() -> None:
 @_logging_options
 def run(**options: Any) -> None:
     """Claim pending checkpoints, evaluate each one, record metrics and a verdict."""
+    _start_logging(options)
+    # The secret first: a bad password source fails before anything heavy is imported or started.
+    creds = _load_credentials(options["credentials"], options["vault_password_file"])
+    if not options["dry_run"]:
+        _import_in_background("torch")  # overlaps PyTorch's import with connecting and claiming
     from .config import Settings
     from .db.repository import Repository
     from .isolation import CheckpointParser
-    from .job import Job, Selection
     from .report import PLAN_COLUMNS, summary_json, summary_text, table, to_json
 
-    _start_logging(options)
     settings = Settings(
         parse_limits=_parse_limits(options),
         credentials_path=options["credentials"],
@@ -317,34 +320,44 @@ def run(**options: Any) -> None:
         statement_timeout_ms=options["statement_timeout"] * 1000,
         retry=_retry_policy(options["db_retries"], options["db_retry_seconds"]),
     )
-    selection = Selection(tuple(options["checkpoint_ids"]), options["force"], options["failed"])
-    if options["torch_threads"]:
-        import torch
-
-        torch.set_num_threads(options["torch_threads"])
-    creds = _load_credentials(settings.credentials_path, settings.vault_password_file)
+    selection_ids = tuple(options["checkpoint_ids"])
 
     def new_repository() -> Repository:
         return Repository(creds, settings.retry, **settings.connect_options())
 
     with new_repository() as repository:
+        repository.check_schema()
         log.debug("connected; Greenplum-family server: %s", repository.is_greenplum())
         if options["dry_run"]:
-            if selection.ids:
-                repository.check_ids_exist(selection.ids)
-            planned = repository.planned(selection.ids or None, selection.force, selection.failed)
+            if selection_ids:
+                repository.check_ids_exist(selection_ids)
+            planned = repository.planned(selection_ids or None, options["force"], options["failed"])
             if options["output_format"] == "json":
                 click.echo(to_json({"would_evaluate": planned}))
             else:
                 click.echo(table(planned, PLAN_COLUMNS) if planned else "nothing would be evaluated")
             return
         # Started now, so torch is imported in the parser while the job talks to the database.
-        with CheckpointParser(settings.parse_limits) as parser, _progress(repository, selection) as on_outcome:
-            job = Job(settings, repository, new_repository, parser, on_outcome=on_outcome)
-            summary = job.run(selection)
+        with CheckpointParser(settings.parse_limits) as parser:
+            from .job import Job, Selection
+
+            if options["torch_threads"]:
+                import torch
+
+                torch.set_num_threads(options["torch_threads"])
+            selection = Selection(selection_ids, options["force"], options["failed"])
+            with _progress(repository, selection) as on_outcome:
+                summary = Job(settings, repository, new_repository, parser, on_outcome=on_outcome).run(selection)
     click.echo(summary_json(summary) if options["output_format"] == "json" else summary_text(summary))
     if not summary.all_passed:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
+
+
+def _import_in_background(module: str) -> None:
+    """Start importing a heavy module in a daemon thread; a later import waits for it (Python's import lock)."""
+    import importlib
+
+    threading.Thread(target=importlib.import_module, args=(module,), name=f"import-{module}", daemon=True).start()
 
 
 class _progress:
@@ -379,6 +392,7 @@ def status(**options: Any) -> None:
     creds = _load_credentials(options["credentials"], options["vault_password_file"])
     policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
     with Repository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000) as repository:
+        repository.check_schema()
         rows = repository.status()
     if options["output_format"] == "json":
         click.echo(to_json({"checkpoints": rows}))
@@ -439,6 +453,7 @@ def register(
     creds = _load_credentials(options["credentials"], options["vault_password_file"])
     policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
     with Repository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000) as repository:
+        repository.check_schema()
         checkpoint_id = repository.register(
             name=checkpoint_name,
             path=path,

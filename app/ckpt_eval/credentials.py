@@ -123,14 +123,18 @@ def read_bounded_file(path: str | Path, limit: int, what: str) -> tuple[bytes, i
         raise ConfigError(f"{what} {shown} is not readable by this user") from None
     except OSError as exc:
         raise ConfigError(f"{what} {shown} cannot be opened: {exc.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = "is a directory"
+    elif not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file (a device, FIFO or socket); use a file or '-'"
+    elif info.st_size > limit:
+        problem = f"is larger than {limit} bytes"
+    if problem:
+        os.close(fd)
+        raise ConfigError(f"{what} {shown} {problem}")
     with os.fdopen(fd, "rb") as stream:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ConfigError(f"{what} {shown} is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{what} {shown} is not a regular file (a device, FIFO or socket); use a file or '-'")
-        if info.st_size > limit:
-            raise ConfigError(f"{what} {shown} is larger than {limit} bytes")
         try:
             data = stream.read(limit + 1)
         except OSError as exc:

@@ -82,6 +82,7 @@ def _parse(header: dict[str, object], data: bytearray) -> bytes:
 
 
 def serve(requests: BinaryIO, replies: BinaryIO) -> int:
+    from .checkpoints import is_allocation_failure
     from .errors import CkptEvalError
     from .text import printable
 
@@ -115,7 +116,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> int:
             write_frame(replies, {"ok": False, "kind": "refused", "error": "structure nested too deeply"})
         except Exception as exc:  # a library failing on hostile bytes: refuse the checkpoint, keep serving
             text = f"{exc.__class__.__name__}: {printable(' '.join(str(exc).split()), 300)}"
-            if "allocate" in str(exc).lower() or "memory" in str(exc).lower():
+            if is_allocation_failure(exc):
                 write_frame(replies, {"ok": False, "kind": "memory", "error": f"ran out of its memory budget ({text})"})
                 return 0
             traceback.print_exc(file=sys.stderr)

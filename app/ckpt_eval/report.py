@@ -7,10 +7,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .job import JobSummary
 from .text import printable
+
+if TYPE_CHECKING:
+    from .job import JobSummary
 
 
 def _cell(value: Any) -> str:

@@ -110,13 +110,29 @@ def test_app_role_cannot_touch_key_sources(deployment: Deployment, figure, case_
 )
 def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp_path: Path, figure) -> None:
     old = new_deployment(cluster, tmp_path, init_sql=INIT_V1)
-    with old.superuser() as conn:
+    with connect_app(old) as conn:  # what version 1 wrote: runs and metrics as the app role, a row without hash
         conn.execute(
             "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset) "
             "VALUES ('nohash', 'x.pt', 'digits_mlp', 'digits')"
         )
-    first = old.ckpt_eval("run", "--format", "json")
-    assert first.returncode in (0, 3), first.output
+        for checkpoint_id, name in ((1, "digits-mlp-good"), (2, "digits-mlp-undertrained")):
+            [(run_id,)] = conn.execute(
+                "INSERT INTO ckpt_eval.evaluation_runs (checkpoint_id, checkpoint_name, attempt, dataset, "
+                "status, verdict, started_at, finished_at, duration_seconds, worker_host, worker_pid, app_version, "
+                "lease_token) "
+                "VALUES (%s, %s, 1, 'digits', 'succeeded', 'pass', now(), now(), 1, 'h', 1, '0.1.0', %s) "
+                "RETURNING run_id",
+                (checkpoint_id, name, f"token-{checkpoint_id}"),
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO ckpt_eval.evaluation_metrics (run_id, metric, class_label, value) "
+                "VALUES (%s, 'accuracy', '', 0.9)",
+                (run_id,),
+            )
+        conn.execute("UPDATE ckpt_eval.checkpoints SET status = 'done' WHERE name LIKE 'digits-mlp-%'")
+    refused = old.ckpt_eval("run")
+    assert refused.returncode == 78, refused.output
+    assert "schema version 1; this ckpt-eval needs 2" in refused.stderr
     with old.superuser() as conn:
         before_runs = conn.execute("SELECT * FROM ckpt_eval.evaluation_runs ORDER BY run_id").fetchall()
         before_metrics = conn.execute("SELECT * FROM ckpt_eval.evaluation_metrics ORDER BY 1, 2, 3").fetchall()
@@ -132,16 +148,16 @@ def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp
     assert versions == [1, 2]
     assert all(privileges == [] for privileges in sequence_privileges(old).values())
     rerun = old.ckpt_eval("run", "--force")
-    assert rerun.returncode == 3, rerun.output
+    assert rerun.returncode == 3, rerun.output  # the undertrained demo fails its gate, 'nohash' fails to load
     with old.superuser() as conn:
         after = conn.execute(
             "SELECT run_id, checkpoint_name, error FROM ckpt_eval.evaluation_runs ORDER BY run_id"
         ).fetchall()
-    assert len(after) == 2 * len(before_runs)
     assert [row[0] for row in after] == sorted({row[0] for row in after}), "new run ids continue after the old ones"
+    assert len(after) == len(before_runs) + 3
     legacy = [row for row in after if row[1] == "nohash"]
-    assert len(legacy) == 2
-    assert "no sha256 is recorded" in (legacy[1][2] or "")
+    assert len(legacy) == 1
+    assert "no sha256 is recorded" in (legacy[0][2] or "")
     figure(
         f"{len(before_runs)} runs and {len(before_metrics)} metric rows kept; {len(after) - len(before_runs)} new runs"
     )

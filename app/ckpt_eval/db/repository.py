@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from tenacity import RetryError
 
 from ..credentials import DbCredentials
-from ..errors import DatabaseUnavailable, LeaseLost, UsageError
+from ..errors import DatabaseUnavailable, LeaseLost, SchemaMismatch, UsageError
 from ..text import quoted
 from . import sql
 from .connection import RetryPolicy, connect
@@ -126,6 +126,18 @@ class Repository:
     # -- reads --------------------------------------------------------------------------------
     def server_now(self) -> datetime:
         return self._with_retry(lambda conn: conn.execute(sql.SERVER_NOW).fetchone()[0], "reading the clock")  # type: ignore[index]
+
+    def check_schema(self) -> int:
+        """Refuse a database whose schema is older than this release (78, with what to do)."""
+        version = int(
+            self._with_retry(lambda conn: conn.execute(sql.SCHEMA_VERSION).fetchone()[0], "reading the schema version")  # type: ignore[index]
+        )
+        if version < sql.REQUIRED_SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"the database has ckpt_eval schema version {version}; this ckpt-eval needs "
+                f"{sql.REQUIRED_SCHEMA_VERSION}: apply its init.sql (ansible-playbook playbooks/deploy.yml does)"
+            )
+        return version
 
     def is_greenplum(self) -> bool:
         return bool(self._with_retry(lambda conn: conn.execute(sql.IS_GREENPLUM).fetchone()[0], "detection"))  # type: ignore[index]

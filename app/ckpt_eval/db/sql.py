@@ -7,6 +7,10 @@ per step), no upserts. See docs: greenplum-dialect.md section 3.
 
 SERVER_NOW = "SELECT now()"
 
+# The schema version this release needs (init.sql's header and its schema_version rows).
+REQUIRED_SCHEMA_VERSION = 2
+SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM ckpt_eval.schema_version"
+
 IS_GREENPLUM = """
 SELECT EXISTS (
     SELECT 1 FROM pg_catalog.pg_class c
