@@ -3,9 +3,8 @@ issued while they work. The claim protocol must give every checkpoint exactly th
 
 from __future__ import annotations
 
-import errno
-import os
 import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,32 +91,31 @@ def test_four_workers_evaluate_each_checkpoint_once(deployment: Deployment, figu
 
 
 class GatedRerun:
-    """A `ckpt-eval run --force` whose vault password comes through a FIFO: the process starts (imports
-    done) and waits on the FIFO; writing the password releases it at the moment the scenario chooses."""
+    """A `ckpt-eval run --force` whose vault password comes on stdin: the process starts and waits for
+    it (stdin held open, within a generous CKPT_EVAL_STDIN_TIMEOUT); writing the password and closing
+    stdin releases it at the moment the scenario chooses. (A FIFO as password file is refused now:
+    secret sources are regular files or stdin.)"""
 
-    def __init__(self, deployment: Deployment, fifo: Path, ids: tuple[int, ...]) -> None:
-        os.mkfifo(fifo, 0o600)
-        self.fifo = fifo
+    def __init__(self, deployment: Deployment, ids: tuple[int, ...]) -> None:
         self.ids = ids
         args = [arg for cid in ids for arg in ("--checkpoint-id", str(cid))]
-        self.worker = start_worker(deployment, "--force", "--vault-password-file", str(fifo), *args)
+        self.worker = start_worker(
+            deployment,
+            "--force",
+            "--vault-password-file",
+            "-",
+            *args,
+            env={"CKPT_EVAL_STDIN_TIMEOUT": "600"},
+            stdin=subprocess.PIPE,
+        )
 
-    def release(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until the process reads it
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:
-                    raise
-            if self.worker.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"--force rerun {self.ids} never read its password")
-            time.sleep(0.02)
-        try:
-            os.write(fd, f"{VAULT_PASSWORD}\n".encode())
-        finally:
-            os.close(fd)
+    def release(self) -> None:
+        stdin = self.worker.process.stdin
+        assert stdin is not None
+        if self.worker.process.poll() is not None:
+            raise AssertionError(f"--force rerun {self.ids} ended before its password was given")
+        stdin.write(f"{VAULT_PASSWORD}\n")
+        stdin.close()
 
 
 def wait_for_runs(deployment: Deployment, ids: tuple[int, ...], timeout: float = 120) -> None:
@@ -149,10 +147,7 @@ def test_force_reruns_while_workers_run(deployment: Deployment, tmp_path: Path, 
         ((ids[100],), [(ids[100],)]),
         ((ids[151],), [(ids[150], ids[151]), (ids[-1],)]),
     ]
-    reruns = [
-        [GatedRerun(deployment, tmp_path / f"rerun-{w}-{r}.fifo", target) for r, target in enumerate(targets)]
-        for w, (_, targets) in enumerate(waves)
-    ]
+    reruns = [[GatedRerun(deployment, target) for target in targets] for _, targets in waves]
     everyone = [rerun.worker for wave in reruns for rerun in wave]
     started = time.monotonic()
     workers = [start_worker(deployment) for _ in range(WORKERS)]

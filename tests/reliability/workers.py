@@ -43,11 +43,14 @@ class WorkerResult:
     seconds: float
 
 
-def start_worker(deployment: Deployment, *args: str, env: dict[str, str] | None = None) -> Worker:
+def start_worker(
+    deployment: Deployment, *args: str, env: dict[str, str] | None = None, stdin: int | None = None
+) -> Worker:
     process = subprocess.Popen(
         [CKPT_EVAL, "run", *args],
         cwd=deployment.workdir,
         env={**deployment.env, **(env or {})},
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,10 +17,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from torch import nn
 
 import ckpt_eval.datasets
-from ckpt_eval.checkpoints import load_checkpoint
+from ckpt_eval.checkpoints import inspect_checkpoint, load_checkpoint
 from ckpt_eval.datasets import load_dataset
 from ckpt_eval.errors import CheckpointError
 from ckpt_eval.evaluate import EvaluationAborted, check_compatible, evaluate_model
+from ckpt_eval.isolation import CheckpointParser
 from ckpt_eval.metrics import (
     DEFAULT_MIN_ACCURACY,
     DEFAULT_MIN_F1_MACRO,
@@ -413,22 +414,28 @@ def test_train_rejects_incompatible_architecture(digits_train) -> None:
         train_model("fashion_cnn", digits_train, epochs=1, seed=0)
 
 
-def test_save_checkpoint_bytes_do_not_depend_on_file_name(tmp_path: Path, trained) -> None:
+@pytest.fixture(scope="module")
+def parser():
+    with CheckpointParser() as started:
+        yield started
+
+
+def test_save_checkpoint_bytes_do_not_depend_on_file_name(tmp_path: Path, trained, parser) -> None:
     save_checkpoint(trained, tmp_path / "a.pt")
     save_checkpoint(trained, tmp_path / "nested" / "dirs" / "completely-different-name.pt")
     first = (tmp_path / "a.pt").read_bytes()
     second = (tmp_path / "nested" / "dirs" / "completely-different-name.pt").read_bytes()
     assert first == second
-    loaded = load_checkpoint(tmp_path, "a.pt", "digits_mlp", hashlib.sha256(first).hexdigest())
+    loaded = load_checkpoint(tmp_path, "a.pt", "digits_mlp", hashlib.sha256(first).hexdigest(), parser)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
 
 
-def test_save_checkpoint_safetensors_loads(tmp_path: Path, digits, trained) -> None:
+def test_save_checkpoint_safetensors_loads(tmp_path: Path, digits, trained, parser) -> None:
     save_checkpoint(trained, tmp_path / "out" / "m.safetensors")
     raw = load_file(str(tmp_path / "out" / "m.safetensors"))
     assert raw.keys() == trained.state_dict().keys()
-    loaded = load_checkpoint(tmp_path, "out/m.safetensors", "digits_mlp", None)
+    loaded = inspect_checkpoint(tmp_path, "out/m.safetensors", "digits_mlp", parser)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
     assert evaluate_model(loaded.model, digits) == evaluate_model(trained, digits)
