@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("before", type=Path)
         parser.add_argument("after", type=Path)
         options = parser.parse_args(args[1:])
-        print(compare(load_json(options.before), load_json(options.after)), end="")
+        try:
+            print(compare(load_json(options.before), load_json(options.after)), end="")
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"bench compare: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     parser = argparse.ArgumentParser(

@@ -13,7 +13,7 @@ class Mode:
     images: int  # evaluation images (28x28, fashion_mnist layout)
     repetitions: int  # interleaved repetitions of ckpt-eval / floor / seed design
     seed_checkpoints: int  # checkpoints the one-process-per-checkpoint design evaluates per repetition
-    tiny_images: int  # the dataset of the per-checkpoint fixed-cost run
+    tiny_images: int  # the dataset of the per-checkpoint fixed-cost run (forward pass negligible)
     tiny_checkpoints: int
     wide_factor: int  # the RSS run evaluates wide_factor * N checkpoints
     write_records: int  # results written for the write-throughput figure
@@ -33,7 +33,7 @@ MODES = {
         images=512,
         repetitions=1,
         seed_checkpoints=1,
-        tiny_images=32,
+        tiny_images=10,
         tiny_checkpoints=3,
         wide_factor=2,
         write_records=5,
@@ -41,11 +41,11 @@ MODES = {
     ),
     "quick": Mode(
         name="quick",
-        checkpoints=8,
+        checkpoints=4,
         images=10_000,
         repetitions=3,
-        seed_checkpoints=3,
-        tiny_images=64,
+        seed_checkpoints=2,
+        tiny_images=10,
         tiny_checkpoints=30,
         wide_factor=4,
         write_records=100,
@@ -57,7 +57,7 @@ MODES = {
         images=10_000,
         repetitions=5,
         seed_checkpoints=20,
-        tiny_images=64,
+        tiny_images=10,
         tiny_checkpoints=100,
         wide_factor=4,
         write_records=500,

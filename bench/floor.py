@@ -107,6 +107,8 @@ def main() -> None:
                 "images": len(inputs),
                 "models": len(models),
                 "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "interop_threads": torch.get_num_interop_threads(),
             }
         )
     )

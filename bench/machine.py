@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 
@@ -25,18 +23,6 @@ def _glibc() -> str:
     return f"{name} {version}".strip() or "unknown"
 
 
-def _torch_info() -> dict[str, object]:
-    """Asked of a fresh interpreter, so the harness's own imports and settings do not colour it."""
-    code = (
-        "import json, torch; print(json.dumps({'torch': torch.__version__, "
-        "'default_threads': torch.get_num_threads(), 'mkldnn': torch.backends.mkldnn.is_available()}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    import json
-
-    return dict(json.loads(out))
-
-
 def describe_machine(threads: int) -> dict[str, object]:
     info: dict[str, object] = {
         "host": socket.gethostname(),
@@ -49,5 +35,4 @@ def describe_machine(threads: int) -> dict[str, object]:
         "torch_threads": threads,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    info.update(_torch_info())
-    return info
+    return info  # the floor process adds torch's version and thread counts (runner.py)

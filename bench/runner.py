@@ -113,6 +113,7 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
     finally:
         workspace.destroy()
 
+    machine.update(torch=floors[0]["torch"], torch_interop_threads=floors[0]["interop_threads"])
     seed_per_ckpt = [statistics.mean(m.wall for m in rep) for rep in seeds]
     figures = [
         Figure("ckpt_eval_seconds", f"ckpt-eval run, N={n} (wall, incl. start-up)", "s", [m.wall for m in runs]),
