@@ -120,6 +120,7 @@ conn.close()
 
 def run_seed_design(database: BenchDatabase, count: int, batch_size: int, threads: int) -> list[Measured]:
     """One process per checkpoint for the first ``count`` checkpoints; one Measured per process."""
+    database.reset()
     with database.superuser() as conn:
         ids = [
             (row[0], row[1])
