@@ -44,8 +44,6 @@ ADMIN_HBA = [
     "host all all 127.0.0.1/32 reject",
 ]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the classifier role installs a service user (root)")
-
 
 @dataclass
 class Run:
@@ -180,6 +178,8 @@ def write_credentials(path: Path, port: int, password: str = APP_PASSWORD) -> No
 
 @pytest.fixture(scope="module")
 def existing() -> Iterator[Existing]:
+    if os.geteuid() != 0:
+        pytest.skip("the classifier role installs a service user (root)")
     server = PgCluster()
     root = Path(tempfile.mkdtemp(prefix="ckpt-eval-existing-", dir="/tmp"))
     root.chmod(0o755)
@@ -338,11 +338,11 @@ def test_md5_method_as_on_greenplum_6(existing: Existing) -> None:
         run = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit", "-e", "greenplum_password_method=md5")
         assert run.returncode == 0, run.output[-5000:]
         stored = existing.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'")
-        assert stored == "md5" + hashlib.md5((APP_PASSWORD + "ckpt_eval_app").encode()).hexdigest()
-        assert HBA_LINE.replace("scram-sha-256", "md5") in existing.hba()
-        again = existing.playbook(
-            "deploy.yml", "-e", "greenplum_pg_hba=edit", "-e", "greenplum_password_method=md5"
+        assert (
+            stored == "md5" + hashlib.md5((APP_PASSWORD + "ckpt_eval_app").encode(), usedforsecurity=False).hexdigest()
         )
+        assert HBA_LINE.replace("scram-sha-256", "md5") in existing.hba()
+        again = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit", "-e", "greenplum_password_method=md5")
         assert again.changed == {"coordinator": 0, "classifier1": 0}, again.output[-5000:]
     finally:
         back = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit")
@@ -371,3 +371,43 @@ def test_uninstall_removes_ckpt_eval_and_nothing_else(existing: Existing) -> Non
     assert again.returncode == 0, again.output[-5000:]
     assert again.changed == {"coordinator": 0}, again.output[-5000:]
     assert existing.started() == existing.postmaster, "the server was never restarted"
+
+
+# -- the example inventory itself (no server needed) ------------------------------------------------
+
+
+def example_playbook(*args: str, vault_password: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "CKPT_EVAL_"))}
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", ANSIBLE_VAULT_PASSWORD=vault_password, ANSIBLE_NOCOLOR="1")
+    return subprocess.run(
+        [
+            BIN / "ansible-playbook",
+            "-i",
+            "inventories/existing-greenplum/hosts.yml",
+            "--vault-password-file",
+            "inventories/existing-greenplum/vault-password.sh",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("playbook", ["deploy.yml", "evaluate.yml", "uninstall.yml"])
+def test_example_inventory_passes_the_syntax_check(playbook: str) -> None:
+    result = example_playbook("--syntax-check", f"playbooks/{playbook}", vault_password="x")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_inventory_with_the_demo_credentials_stops_before_any_change() -> None:
+    demo = (REPO / "inventories" / "local" / "vault-password").read_text().strip()
+    result = example_playbook("playbooks/deploy.yml", vault_password=demo)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "public demo vault password" in output
+    assert "UNREACHABLE" not in output
+    assert "Log in to the coordinator" not in output, "the database was not contacted"
