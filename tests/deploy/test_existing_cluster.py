@@ -255,7 +255,8 @@ def test_first_deploy_prints_the_pg_hba_lines_and_the_classifier_stops_with_them
     assert "ask the cluster's administrators to add these lines" in run.output
     assert HBA_LINE in run.output
     assert "classifier1 cannot use the database as the app role" in run.output, run.output[-5000:]
-    assert "no pg_hba.conf entry" in run.output, run.output[-5000:]
+    assert "(ckpt-eval status exited 77)" in run.output, run.output[-5000:]
+    assert "pg_hba.conf rejects connection" in run.output
     assert_no_secret(run.output)
     # The database side is in place, owned as it should be, without a superuser having touched it.
     assert ckpt_eval_roles(existing) == ["ckpt_eval_admin", "ckpt_eval_app", "ckpt_eval_owner"]
