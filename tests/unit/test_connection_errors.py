@@ -6,7 +6,8 @@ import psycopg
 import pytest
 
 from ckpt_eval.credentials import DbCredentials
-from ckpt_eval.db.connection import _Transient, classify_connect_error
+from ckpt_eval.db.connection import classify_connect_error
+from ckpt_eval.db.errors import Transient
 from ckpt_eval.errors import AuthenticationError
 
 CREDS = DbCredentials(host="10.0.0.5", port=5432, dbname="ckpt_eval", user="ckpt_eval_app", password="pw-1b7e")
@@ -24,10 +25,10 @@ def test_a_refusal_is_an_authentication_error_with_the_servers_reason(server_say
     text = f'connection to server at "10.0.0.5", port 5432 failed: {server_says}'
     error = classify_connect_error(psycopg.OperationalError(text), CREDS)
     assert isinstance(error, AuthenticationError)
-    assert str(error) == f"database refused ckpt_eval_app@10.0.0.5:5432/ckpt_eval: {server_says[len('FATAL:  '):]}"
+    assert str(error) == f"database refused ckpt_eval_app@10.0.0.5:5432/ckpt_eval: {server_says[len('FATAL:  ') :]}"
     assert "pw-1b7e" not in str(error)
 
 
 def test_a_server_that_does_not_answer_is_retried() -> None:
     text = 'connection to server at "10.0.0.5", port 5432 failed: Connection refused'
-    assert isinstance(classify_connect_error(psycopg.OperationalError(text), CREDS), _Transient)
+    assert isinstance(classify_connect_error(psycopg.OperationalError(text), CREDS), Transient)
