@@ -39,6 +39,9 @@ SECRETS = [VAULT_PASSWORD, ADMIN_PASSWORD, OWNER_PASSWORD, APP_PASSWORD]
 CLASSIFIER_USER = "ckpt-eval-exist"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 HBA_LINE = "host  ckpt_eval  ckpt_eval_app  127.0.0.1/32  scram-sha-256"
+# pg_hba "edit" works on the coordinator host as its administrator (postgres here), who cannot read this
+# checkout's venv: those runs use the system Python and its psycopg2 (the other runs use psycopg 3).
+EDIT = ("-e", "greenplum_pg_hba=edit", "-e", "ansible_python_interpreter=/usr/bin/python3")
 ADMIN_HBA = [
     "host all ckpt_eval_admin 127.0.0.1/32 scram-sha-256",
     "host all all 127.0.0.1/32 reject",
@@ -322,13 +325,13 @@ def test_rotated_app_password_is_set_and_used(existing: Existing) -> None:
 
 def test_edit_mode_adds_the_lines_and_reloads_without_a_restart(existing: Existing) -> None:
     existing.server.write_hba(ADMIN_HBA)
-    run = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit")
+    run = existing.playbook("deploy.yml", *EDIT)
     assert run.returncode == 0, run.output[-5000:]
     hba = existing.hba()
     assert hba.startswith("# BEGIN ckpt-eval"), "ckpt-eval's lines come first, so nothing earlier shadows them"
     assert HBA_LINE in hba
     assert hba.endswith("\n".join(ADMIN_HBA) + "\n"), "the administrators' lines are kept"
-    again = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit")
+    again = existing.playbook("deploy.yml", *EDIT)
     assert again.changed == {"coordinator": 0, "classifier1": 0}, again.output[-5000:]
     assert existing.started() == existing.postmaster
 
@@ -336,17 +339,17 @@ def test_edit_mode_adds_the_lines_and_reloads_without_a_restart(existing: Existi
 def test_md5_method_as_on_greenplum_6(existing: Existing) -> None:
     """Greenplum 6 has md5 only: the role sends the md5 hash itself and writes md5 pg_hba lines."""
     try:
-        run = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit", "-e", "greenplum_password_method=md5")
+        run = existing.playbook("deploy.yml", *EDIT, "-e", "greenplum_password_method=md5")
         assert run.returncode == 0, run.output[-5000:]
         stored = existing.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'")
         assert (
             stored == "md5" + hashlib.md5((APP_PASSWORD + "ckpt_eval_app").encode(), usedforsecurity=False).hexdigest()
         )
         assert HBA_LINE.replace("scram-sha-256", "md5") in existing.hba()
-        again = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit", "-e", "greenplum_password_method=md5")
+        again = existing.playbook("deploy.yml", *EDIT, "-e", "greenplum_password_method=md5")
         assert again.changed == {"coordinator": 0, "classifier1": 0}, again.output[-5000:]
     finally:
-        back = existing.playbook("deploy.yml", "-e", "greenplum_pg_hba=edit")
+        back = existing.playbook("deploy.yml", *EDIT)
     assert back.returncode == 0, back.output[-5000:]
     assert existing.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'").startswith("SCRAM")
 
@@ -360,7 +363,7 @@ def test_uninstall_without_confirmation_changes_nothing(existing: Existing) -> N
 
 
 def test_uninstall_removes_ckpt_eval_and_nothing_else(existing: Existing) -> None:
-    run = existing.playbook("uninstall.yml", "-e", "ckpt_eval_uninstall=ckpt_eval", "-e", "greenplum_pg_hba=edit")
+    run = existing.playbook("uninstall.yml", "-e", "ckpt_eval_uninstall=ckpt_eval", *EDIT)
     assert run.returncode == 0, run.output[-5000:]
     assert_no_secret(run.output)
     assert ckpt_eval_roles(existing) == ["ckpt_eval_admin"]
@@ -368,7 +371,7 @@ def test_uninstall_removes_ckpt_eval_and_nothing_else(existing: Existing) -> Non
     assert existing.sql("SELECT count(*) FROM sales", dbname="theirs") == "2"
     assert "ckpt-eval" not in existing.hba()
     assert existing.hba().endswith("\n".join(ADMIN_HBA) + "\n")
-    again = existing.playbook("uninstall.yml", "-e", "ckpt_eval_uninstall=ckpt_eval", "-e", "greenplum_pg_hba=edit")
+    again = existing.playbook("uninstall.yml", "-e", "ckpt_eval_uninstall=ckpt_eval", *EDIT)
     assert again.returncode == 0, again.output[-5000:]
     assert again.changed == {"coordinator": 0}, again.output[-5000:]
     assert existing.started() == existing.postmaster, "the server was never restarted"
