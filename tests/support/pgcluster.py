@@ -60,7 +60,8 @@ class PsqlError(RuntimeError):
 
 
 class PgCluster:
-    def __init__(self, base: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, base: Path | None = None, port: int | None = None, log_statements: bool = True) -> None:
+        self.log_statements = log_statements  # False only to measure what logging costs (bench/)
         self.bindir = find_bindir()
         self.port = port or free_port()
         self.owner = os.environ.get("CKPT_EVAL_PG_USER", "postgres") if os.geteuid() == 0 else None
@@ -101,7 +102,8 @@ class PgCluster:
                 f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.sockdir}'\nfsync = off\n"
                 "max_connections = 60\nshared_buffers = 32MB\n"
-                f"log_statement = 'all'\nlog_parameter_max_length = 0\nlog_line_prefix = '{LOG_LINE_PREFIX}'\n"
+                f"log_statement = '{'all' if self.log_statements else 'none'}'\nlog_parameter_max_length = 0\n"
+                f"log_line_prefix = '{LOG_LINE_PREFIX}'\n"
             )
 
     def write_hba(self, lines: list[str]) -> None:

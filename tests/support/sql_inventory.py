@@ -24,7 +24,11 @@ import yaml
 from tests.support.pg94 import looks_like_sql, split_statements
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKER_TESTS = ("tests/unit/test_sql_portability.py", "tests/support/pg94.py")
+CHECKER_TESTS = (
+    "tests/unit/test_sql_portability.py",
+    "tests/support/pg94.py",
+    "tests/integration/test_statement_log.py",
+)
 
 
 @dataclass(frozen=True)
