@@ -328,6 +328,15 @@ VALID_94 = {
         "DO $m$ BEGIN EXECUTE 'ALTER TABLE ckpt_eval.evaluation_runs ALTER COLUMN run_id "
         "SET DEFAULT ckpt_eval.next_run_id()'; ALTER TABLE t ALTER COLUMN a SET NOT NULL; END $m$"
     ),
+    "GRANT/REVOKE EXECUTE ON FUNCTION": (
+        "REVOKE EXECUTE ON FUNCTION ckpt_eval.next_run_id() FROM PUBLIC; "
+        "GRANT EXECUTE ON FUNCTION ckpt_eval.next_run_id() TO ckpt_eval_app"
+    ),
+    "a migration guarded by a catalog lookup": (
+        "DO $v2$ BEGIN IF NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 2) THEN "
+        "ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN checkpoint_id SET DEFAULT ckpt_eval.next_checkpoint_id(); "
+        "INSERT INTO ckpt_eval.schema_version (version) VALUES (2); END IF; END $v2$"
+    ),
     "UPDATE ... SET (a, b) = (1, 2)": "UPDATE t SET (a, b) = (1, 2)",
     "a column named like a setting": "UPDATE t SET status = 'pending', updated_at = now()",
     "LATERAL and ROWS FROM": "SELECT * FROM t, LATERAL ROWS FROM (generate_series(1, 2)) g",
