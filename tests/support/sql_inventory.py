@@ -6,9 +6,10 @@
 - roles and playbooks: ``query:`` of the postgresql modules, ``-c``/``--command`` of psql commands, and
   settings given through ``PGOPTIONS`` (as ``SET name = value``); ``*.sql``/``*.sql.j2`` templates;
 - docker/db-init scripts and scripts/: the double-quoted SQL lines / Python strings;
-- tests: every string constant in ``tests/**/*.py`` (f-strings with ``x`` for each replacement field)
-  that starts with an upper-case SQL keyword, docstrings excepted. The unit test of the checker itself
-  (its catalogue of forbidden statements) is left out on purpose.
+- tests: the statements of ``tests/**/*.sql``, and every string constant in ``tests/**/*.py``
+  (f-strings with ``x`` for each replacement field) that starts with an upper-case SQL keyword,
+  docstrings excepted. The tests of the checker itself (their catalogues of forbidden statements)
+  are left out on purpose (CHECKER_TESTS).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def test_statements() -> list[Statement]:
     for path in sorted((REPO / "tests").rglob("*.py")):
         if _rel(path) not in CHECKER_TESTS:
             found += python_statements(path)
+    for path in sorted((REPO / "tests").rglob("*.sql")):  # e.g. an older schema a migration test applies
+        found += init_sql_statements(path)
     return found
 
 
