@@ -264,7 +264,8 @@ def test_first_deploy_prints_the_pg_hba_lines_and_the_classifier_stops_with_them
     # The database side is in place, owned as it should be, without a superuser having touched it.
     assert ckpt_eval_roles(existing) == ["ckpt_eval_admin", "ckpt_eval_app", "ckpt_eval_owner"]
     owners = existing.sql(
-        "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relnamespace = 'ckpt_eval'::regnamespace",
+        "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'ckpt_eval'",
         dbname="ckpt_eval",
     )
     assert owners == "ckpt_eval_owner"
