@@ -1,9 +1,10 @@
-# ckpt-eval: `make deploy` deploys and evaluates on this machine; `make test` runs every test with coverage.
+# ckpt-eval: `make deploy` deploys and evaluates on this machine; `make test` runs every test with coverage;
+# `make bench` measures ckpt-eval against the hardware floor (bench/).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: venv deploy demo test unit integration reliability lint clean
+.PHONY: venv deploy demo test unit integration reliability bench lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,13 @@ test: venv
 	$(BIN)/coverage run -m pytest tests
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
+
+# `make bench` (quick, about 2 minutes on 2 cores) or `make bench BENCH_MODE=full`; see bench/__init__.py.
+# Extra flags: BENCH_ARGS="--checkpoints 20 --out before.json"; compare: .venv/bin/python -m bench compare A B
+BENCH_MODE ?= quick
+BENCH_ARGS ?=
+bench: venv
+	$(BIN)/python -m bench --mode $(BENCH_MODE) $(BENCH_ARGS)
 
 reliability: venv
 	$(BIN)/pytest tests/reliability

@@ -1,7 +1,8 @@
 """Evaluation datasets: IDX files (fashion_mnist, mnist) and scikit-learn's embedded digits.
 
-Every dataset is held as uint8-or-small-int pixels plus int64 labels; batches are scaled to
-[0, 1] on the fly (``pixel_scale``), as the checkpoints were trained. The content sha256
+Every dataset is held as uint8-or-small-int pixels plus int64 labels. The model inputs, scaled
+to [0, 1] (``pixel_scale``) as the checkpoints were trained, are converted once per dataset and
+shared by every checkpoint evaluated on it; batches are views into them. The content sha256
 covers the decoded pixels and labels, so the same data gives the same hash whether the
 files are gzipped or not.
 """
@@ -15,7 +16,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,25 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return (1, int(self.pixels.shape[1]), int(self.pixels.shape[2]))
 
+    @cached_property
+    def inputs(self) -> torch.Tensor:
+        """All inputs, N x 1 x H x W float32 in [0, 1]: converted on first use, then kept (4 bytes a pixel)."""
+        scaled = self.pixels.astype(np.float32)
+        scaled /= np.float32(self.pixel_scale)
+        return torch.from_numpy(scaled).unsqueeze(1)
+
+    @cached_property
+    def targets(self) -> torch.Tensor:
+        """The labels as an int64 tensor sharing the array's memory."""
+        return torch.from_numpy(self.labels)
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (inputs N x 1 x H x W float32 in [0, 1], labels int64), converting one batch at a time."""
+        """Yield (inputs N x 1 x H x W float32 in [0, 1], labels int64): views, nothing is copied."""
+        if batch_size < 1:
+            raise ValueError("batch size must be positive")
+        inputs, targets = self.inputs, self.targets
         for start in range(0, len(self), batch_size):
-            chunk = self.pixels[start : start + batch_size]
-            inputs = torch.from_numpy(chunk.astype(np.float32) / self.pixel_scale).unsqueeze(1)
-            yield inputs, torch.from_numpy(self.labels[start : start + batch_size])
+            yield inputs[start : start + batch_size], targets[start : start + batch_size]
 
 
 def content_sha256(pixels: np.ndarray, labels: np.ndarray) -> str:

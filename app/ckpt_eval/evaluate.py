@@ -1,4 +1,9 @@
-"""Run a loaded model over a whole dataset in inference mode, batch by batch."""
+"""Run a loaded model over a whole dataset in inference mode, batch by batch.
+
+The inputs are the dataset's once-converted tensor (views per batch), the allocator keeps freed
+activation buffers for the next batch (allocator.py), and the metrics accumulate into one
+confusion matrix: per batch only the forward pass, its loss and argmax remain.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .allocator import retain_freed_memory
 from .datasets import Dataset
 from .errors import CheckpointError
 from .metrics import MetricAccumulator, Metrics
@@ -40,6 +46,7 @@ def evaluate_model(
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> Metrics:
+    retain_freed_memory()
     accumulator = MetricAccumulator(dataset.num_classes)
     model.eval()
     with torch.inference_mode():

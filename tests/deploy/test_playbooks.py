@@ -348,7 +348,9 @@ def test_tls_on_makes_the_app_role_use_it(first_deploy: PlaybookRun) -> None:
         assert tls.returncode == 0, tls.output[-5000:]
         verified = {**creds.connect_kwargs(), "sslmode": "verify-full", "sslrootcert": str(certificate)}
         with psycopg.connect(**verified) as conn:
-            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+            # libpq's view of the session (pg_stat_ssl is PostgreSQL 9.5+: tests/support/pg94.py)
+            assert conn.execute("SELECT current_user").fetchone() == (creds.user,)
+            assert conn.pgconn.ssl_in_use is True
         with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
             psycopg.connect(**{**creds.connect_kwargs(), "sslmode": "disable", "connect_timeout": 5})
         assert (Path("/etc/postgresql/15/main/ckpt-eval-server.key").stat().st_mode & 0o777) == 0o600

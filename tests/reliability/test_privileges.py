@@ -57,8 +57,9 @@ REFUSED = {
     "create-index": "CREATE INDEX stash_idx ON ckpt_eval.checkpoints (path)",
     "create-view": "CREATE VIEW ckpt_eval.stash AS SELECT 1 AS x",
     "replace-contract-view": "CREATE OR REPLACE VIEW ckpt_eval.latest_evaluations AS SELECT 1 AS checkpoint_id",
+    # EXECUTE PROCEDURE: the spelling the 9.4 kernel of Greenplum 6 parses (EXECUTE FUNCTION is 11+).
     "create-trigger": "CREATE TRIGGER stash BEFORE UPDATE ON ckpt_eval.evaluation_runs FOR EACH ROW "
-    "EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+    "EXECUTE PROCEDURE suppress_redundant_updates_trigger()",
     "alter-table-add-column": "ALTER TABLE ckpt_eval.checkpoints ADD COLUMN note text",
     "alter-table-drop-check": "ALTER TABLE ckpt_eval.checkpoints DROP CONSTRAINT checkpoints_path_check",
     "alter-table-owner": "ALTER TABLE ckpt_eval.evaluation_runs OWNER TO ckpt_eval_app",
@@ -98,7 +99,8 @@ REFUSED = {
     # secrets and the server's files
     "read-pg-authid": "SELECT rolname, rolpassword FROM pg_catalog.pg_authid",
     "read-pg-shadow": "SELECT usename, passwd FROM pg_catalog.pg_shadow",
-    "read-pg-hba-rules": "SELECT * FROM pg_catalog.pg_hba_file_rules",
+    # pg_hba.conf itself (relative to the data directory): the pg_hba_file_rules view is PostgreSQL 10+.
+    "read-pg-hba-file": "SELECT pg_read_file('pg_hba.conf')",
     "read-server-file": "SELECT pg_read_file('/etc/passwd')",
     "copy-to-server-file": "COPY ckpt_eval.checkpoints TO '/tmp/ckpt-eval-stash'",
     "copy-from-program": "COPY ckpt_eval.evaluation_metrics FROM PROGRAM 'id'",
@@ -223,8 +225,8 @@ def hba_cluster() -> Iterator[PgCluster]:
         server.wait_ready()
         create_app_database(server, REPO / "init.sql", APP_PASSWORD, dbname="ckpt_eval")
         # Every role has a password it could log in with: a refusal can only come from pg_hba.
-        server.psql(f"ALTER ROLE ckpt_eval_owner PASSWORD '{OWNER_PASSWORD}'")
-        server.psql(f"ALTER ROLE postgres PASSWORD '{SUPERUSER_PASSWORD}'")
+        server.set_password("ckpt_eval_owner", OWNER_PASSWORD)
+        server.set_password("postgres", SUPERUSER_PASSWORD)
         yield server
     finally:
         server.destroy()

@@ -3,6 +3,12 @@
 initdb and pg_ctl refuse to run as root, so as root they run as the ``postgres`` user
 (or $CKPT_EVAL_PG_USER). The superuser is reached through a Unix socket in the cluster's
 own directory (trust, local only); TCP connections use scram-sha-256.
+
+Every statement the server receives is logged (``log_statement = 'all'``: simple queries as
+``statement:``, the extended protocol as ``execute <name>:``; bind parameters are not logged). When a
+cluster is destroyed its statements are read back from the log (:func:`logged_statements`) and kept in
+:data:`RECEIVED`; tests/conftest.py fails the session if any of them is newer than PostgreSQL 9.4
+(Greenplum 6's kernel, tests/support/pg94.py). Passwords are set with logging off (:meth:`set_password`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import glob
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +26,11 @@ import time
 from pathlib import Path
 
 SUPERUSER = "postgres"
+LOG_LINE_PREFIX = "%m [%p] "
+# One log entry starts with the prefix; the lines of a multi-line message follow, each after a tab.
+_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[\d+\] (?P<level>[A-Z]+\d?):  (?P<message>.*)$")
+_STATEMENT = re.compile(r"^(?:statement: |execute (?:fetch from )?[^:\s]*: )(?P<sql>.*)$", re.DOTALL)
+RECEIVED: list[tuple[str, str]] = []  # (cluster directory, statement) of every destroyed cluster
 
 
 def find_bindir() -> Path:
@@ -48,7 +60,8 @@ class PsqlError(RuntimeError):
 
 
 class PgCluster:
-    def __init__(self, base: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, base: Path | None = None, port: int | None = None, log_statements: bool = True) -> None:
+        self.log_statements = log_statements  # False only to measure what logging costs (bench/)
         self.bindir = find_bindir()
         self.port = port or free_port()
         self.owner = os.environ.get("CKPT_EVAL_PG_USER", "postgres") if os.geteuid() == 0 else None
@@ -89,6 +102,8 @@ class PgCluster:
                 f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.sockdir}'\nfsync = off\n"
                 "max_connections = 60\nshared_buffers = 32MB\n"
+                f"log_statement = '{'all' if self.log_statements else 'none'}'\nlog_parameter_max_length = 0\n"
+                f"log_line_prefix = '{LOG_LINE_PREFIX}'\n"
             )
 
     def write_hba(self, lines: list[str]) -> None:
@@ -113,7 +128,18 @@ class PgCluster:
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
+        with contextlib.suppress(OSError):
+            RECEIVED.extend((self.base.name, statement) for statement in logged_statements(self.logfile))
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def set_password(self, role: str, password: str, dbname: str = "postgres") -> None:
+        """ALTER ROLE ... PASSWORD with statement logging off for it (the log must hold no secret)."""
+        escaped = password.replace("'", "''")
+        self.psql(
+            "SET log_statement = 'none';\nSET log_min_error_statement = 'panic';\n"
+            f"ALTER ROLE {role} PASSWORD '{escaped}';",
+            dbname=dbname,
+        )
 
     # -- superuser SQL -------------------------------------------------------------------------
     def psql(self, sql: str | None = None, dbname: str = "postgres", file: Path | None = None) -> str:
@@ -156,5 +182,21 @@ def create_app_database(cluster: PgCluster, init_sql: Path, app_password: str, d
     """Create the database, apply init.sql as the superuser, and give ckpt_eval_app its password."""
     cluster.psql(f"CREATE DATABASE {dbname}")
     cluster.psql(dbname=dbname, file=init_sql)
-    escaped = app_password.replace("'", "''")
-    cluster.psql(f"ALTER ROLE ckpt_eval_app PASSWORD '{escaped}'", dbname=dbname)
+    cluster.set_password("ckpt_eval_app", app_password, dbname=dbname)
+
+
+def logged_statements(logfile: Path) -> list[str]:
+    """The statements a server logged (``statement:``/``execute <name>:`` entries, multi-line ones whole)."""
+    entries: list[tuple[str, list[str]]] = []
+    for line in logfile.read_text(errors="replace").splitlines():
+        match = _ENTRY.match(line)
+        if match:
+            entries.append((match["level"], [match["message"]]))
+        elif entries:  # a continuation line of the entry above
+            entries[-1][1].append(line[1:] if line.startswith("\t") else line)
+    statements = []
+    for level, lines in entries:
+        found = _STATEMENT.match("\n".join(lines)) if level == "LOG" else None
+        if found:
+            statements.append(found["sql"])
+    return statements

@@ -165,6 +165,36 @@ def test_batches_do_not_modify_the_dataset(tmp_path: Path) -> None:
     np.testing.assert_array_equal(dataset.pixels, images)
 
 
+def test_inputs_are_converted_once_and_batches_are_views_of_them(tmp_path: Path) -> None:
+    images, labels = sample()
+    write_pair(tmp_path / "fashion_mnist", images, labels)
+    dataset = load_dataset("fashion_mnist", tmp_path)
+    inputs = dataset.inputs
+    assert dataset.inputs is inputs  # converted on first use, then kept
+    assert tuple(inputs.shape) == (N, 1, 28, 28)
+    assert inputs.dtype == torch.float32
+    # bit-identical to converting each batch on its own, as evaluation did before
+    for start, (batch, targets) in zip(range(0, N, 16), dataset.batches(16), strict=True):
+        expected = torch.from_numpy(images[start : start + 16].astype(np.float32) / 255.0).unsqueeze(1)
+        assert torch.equal(batch, expected)
+        assert batch.untyped_storage().data_ptr() == inputs.untyped_storage().data_ptr()  # a view: no copy
+        np.testing.assert_array_equal(targets.numpy(), labels[start : start + 16])
+    assert dataset.targets.dtype == torch.int64
+
+
+def test_digits_inputs_use_their_own_scale() -> None:
+    dataset = load_dataset("digits", None)
+    assert float(dataset.inputs.max()) == 1.0
+    assert torch.equal(dataset.inputs, torch.from_numpy(dataset.pixels.astype(np.float32) / 16.0).unsqueeze(1))
+
+
+def test_batch_size_must_be_positive(tmp_path: Path) -> None:
+    images, labels = sample()
+    write_pair(tmp_path / "mnist", images, labels)
+    with pytest.raises(ValueError, match="positive"):
+        next(load_dataset("mnist", tmp_path).batches(0))
+
+
 # --------------------------------------------------------------------------- malformed IDX files
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from ckpt_eval.metrics import (
     apply_gate,
     compute_metrics,
 )
-from ckpt_eval.models import build_model
+from ckpt_eval.models import ARCHITECTURES, build_model
 from ckpt_eval.train import save_checkpoint, train_model
 
 CLASSES = list(range(10))
@@ -98,6 +100,70 @@ def test_compute_metrics_matches_sklearn(seed: int, absent: tuple[int, ...]) -> 
         assert metrics.per_class[c].recall == 0.0
     assert metrics.confusion == tuple(tuple(row) for row in confusion_matrix(labels, predictions, labels=CLASSES))
     assert sum(map(sum, metrics.confusion)) == len(labels)
+
+
+def sklearn_reference(labels: np.ndarray, predictions: np.ndarray) -> tuple:
+    """Every figure as scikit-learn computes it (the implementation ckpt-eval had before)."""
+    per_class = precision_recall_fscore_support(labels, predictions, labels=CLASSES, zero_division=0.0)
+    macro = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0.0)
+    weighted = precision_recall_fscore_support(labels, predictions, average="weighted", zero_division=0.0)
+    matrix = confusion_matrix(labels, predictions, labels=CLASSES)
+    return (
+        float(np.trace(matrix)) / len(labels),
+        float(macro[2]),
+        float(weighted[2]),
+        float(macro[0]),
+        float(macro[1]),
+        tuple((float(p), float(r), float(f), int(s)) for p, r, f, s in zip(*per_class, strict=True)),
+        tuple(tuple(int(v) for v in row) for row in matrix),
+    )
+
+
+def test_metrics_equal_sklearn_exactly_on_many_random_cases() -> None:
+    # Not approximately: the stored figures must not change by a bit with the confusion-matrix implementation.
+    rng = np.random.default_rng(2024)
+    for _ in range(300):
+        n = int(rng.integers(1, 600))
+        true_classes = rng.choice(10, int(rng.integers(1, 11)), replace=False)
+        predicted_classes = rng.choice(10, int(rng.integers(1, 11)), replace=False)
+        labels = rng.choice(true_classes, n)
+        predictions = np.where(rng.random(n) < rng.random(), labels, rng.choice(predicted_classes, n))
+        metrics = compute_metrics(labels, predictions, 0.0, 10)
+        got = (
+            metrics.accuracy,
+            metrics.f1_macro,
+            metrics.f1_weighted,
+            metrics.precision_macro,
+            metrics.recall_macro,
+            tuple((c.precision, c.recall, c.f1, c.support) for c in metrics.per_class),
+            metrics.confusion,
+        )
+        assert got == sklearn_reference(labels, predictions)
+
+
+@pytest.mark.parametrize(
+    ("labels", "predictions", "message"),
+    [
+        ([0, 10], [0, 1], "label 10 is outside 0..9"),
+        ([0, 1], [0, -1], "prediction -1 is outside 0..9"),
+        ([0, 1, 2], [0, 1], "3 labels but 2 predictions"),
+    ],
+)
+def test_values_outside_the_classes_are_rejected(labels: list[int], predictions: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(np.array(labels), np.array(predictions), 0.0, 10)
+    with pytest.raises(ValueError, match=message):
+        MetricAccumulator(10).update(np.array(labels), np.array(predictions), 0.0)
+
+
+def test_evaluation_modules_do_not_import_scikit_learn() -> None:
+    # scikit-learn and scipy cost 0.7-1.4 s of start-up; the run path does without them.
+    code = (
+        "import sys, ckpt_eval.metrics, ckpt_eval.evaluate, ckpt_eval.datasets; "
+        "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_metric_values_are_plain_python_numbers() -> None:
@@ -349,6 +415,22 @@ def test_should_stop_aborts_between_batches(digits, tiny_model) -> None:
     with pytest.raises(EvaluationAborted):
         evaluate_model(tiny_model, digits, batch_size=100, should_stop=lambda: len(seen) >= 2, on_batch=seen.append)
     assert seen == [100, 100]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_registered_architectures_leave_the_shared_inputs_alone(tmp_path: Path, arch: str) -> None:
+    # Batches are views of one tensor shared by every checkpoint of a run: a model that wrote into
+    # its input would change what the next checkpoint is evaluated on.
+    shape = ARCHITECTURES[arch].input_shape
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(50, shape[1], shape[2]), dtype=np.uint8)
+    dataset = ckpt_eval.datasets.Dataset("x", "test", pixels, (np.arange(50) % 10).astype(np.int64), 10, 255.0, "0")
+    before = dataset.inputs.clone()
+    torch.manual_seed(0)
+    first = evaluate_model(build_model(arch), dataset, batch_size=16)
+    assert torch.equal(dataset.inputs, before)
+    torch.manual_seed(0)
+    assert evaluate_model(build_model(arch), dataset, batch_size=16) == first
 
 
 def test_model_with_wrong_output_width_is_a_checkpoint_error(digits) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _AUTH_MARKERS = (
     "password authentication failed",
     "no pg_hba.conf entry",
+    "pg_hba.conf rejects connection",  # an explicit "reject" line, common on administered clusters
     "authentication failed",
     "does not support password authentication",
     "server did not complete authentication",

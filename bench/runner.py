@@ -1,0 +1,238 @@
+"""One benchmark run: build the workspace, run the experiments interleaved, collect figures and ratios."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+from .config import Mode
+from .fixture import ARCH, CKPT_EVAL, REPO, BenchDatabase, Workspace
+from .machine import describe_machine
+from .procs import Measured, run_measured
+from .report import Figure, document
+from .seed_design import run_seed_design
+from .writes import measure_writes
+
+CLAIM_LINE = "evaluating checkpoint"  # logged by ckpt-eval when it has claimed a checkpoint
+DONE_LINE = ": accuracy "  # logged once a checkpoint's result is recorded
+TABLE_PENDING = "n/a until table datasets exist (issue 10)"
+
+
+def ckpt_eval_run(database: BenchDatabase, mode: Mode, batch_size: int | None = None) -> Measured:
+    database.reset()
+    argv = [
+        CKPT_EVAL,
+        "run",
+        "--torch-threads",
+        str(mode.threads),
+        "--batch-size",
+        str(batch_size or mode.batch_size),
+        "--log-format",
+        "json",
+    ]
+    measured = run_measured(argv, database.ckpt_eval_env(), cwd=database.workspace.root, ok_codes=(0, 3))
+    expected = len(database.checkpoints)
+    succeeded = database.count("SELECT count(*) FROM ckpt_eval.evaluation_runs WHERE status = 'succeeded'")
+    if succeeded != expected:
+        raise RuntimeError(f"ckpt-eval recorded {succeeded} successful runs of {expected}:\n{measured.stderr[-3000:]}")
+    return measured
+
+
+def floor_run(database: BenchDatabase, mode: Mode, matmul_size: int) -> dict[str, float]:
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.floor",
+        "--data-dir",
+        str(database.data_dir),
+        "--batch-size",
+        str(mode.batch_size),
+        "--threads",
+        str(mode.threads),
+        "--matmul-size",
+        str(matmul_size),
+        *[str(path) for path in database.checkpoints],
+    ]
+    measured = run_measured(argv, database.workspace.base_env, cwd=REPO)
+    result = json.loads(measured.stdout)
+    result["max_rss_mb"] = measured.max_rss_mb
+    return dict(result)
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _interval(measured: Measured, start: str, end: str) -> float:
+    first, last = measured.first(start), measured.last(end)
+    if first is None or last is None:
+        raise RuntimeError(f"log lines {start!r} / {end!r} not found in ckpt-eval's output")
+    return last - first
+
+
+def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
+    n = mode.checkpoints
+    total_files = max(n * mode.wide_factor, mode.tiny_checkpoints, mode.seed_checkpoints, n)
+    progress(f"mode {mode.name}: generating {total_files} checkpoints, datasets and a PostgreSQL cluster")
+    machine = describe_machine(mode.threads)
+    workspace = Workspace.create(total_files)
+    try:
+        main = workspace.database("main", n, mode.images)
+        seed = workspace.database("seed", mode.seed_checkpoints, mode.images)
+        tiny = workspace.database("tiny", mode.tiny_checkpoints, mode.tiny_images)
+        wide = workspace.database("wide", n * mode.wide_factor, mode.images)
+        writes = workspace.database("writes", min(50, total_files), mode.tiny_images)
+        matmul_size = 256 if mode.name == "smoke" else 1024
+
+        runs: list[Measured] = []
+        floors: list[dict[str, float]] = []
+        seeds: list[list[Measured]] = []
+        tinies: list[Measured] = []
+        for rep in range(mode.repetitions):
+            progress(f"repetition {rep + 1}/{mode.repetitions}: ckpt-eval run, N={n}")
+            runs.append(ckpt_eval_run(main, mode))
+            progress(f"repetition {rep + 1}/{mode.repetitions}: floor")
+            floors.append(floor_run(main, mode, matmul_size))
+            progress(f"repetition {rep + 1}/{mode.repetitions}: seed design, {mode.seed_checkpoints} processes")
+            seeds.append(run_seed_design(seed, mode.seed_checkpoints, mode.batch_size, mode.threads))
+            progress(f"repetition {rep + 1}/{mode.repetitions}: per-checkpoint cost, {mode.tiny_checkpoints} tiny")
+            tinies.append(ckpt_eval_run(tiny, mode))
+        progress(f"peak RSS at {mode.wide_factor}N = {n * mode.wide_factor} checkpoints")
+        wide_run = ckpt_eval_run(wide, mode)
+        sweep: dict[int, list[float]] = {}
+        for rep in range(min(mode.repetitions, 2) if mode.batch_sizes else 0):
+            for size in mode.batch_sizes:
+                progress(f"batch-size sweep {rep + 1}: --batch-size {size}")
+                sweep.setdefault(size, []).append(ckpt_eval_run(main, mode, batch_size=size).wall)
+        progress(f"result writes: {mode.write_records} finishes")
+        write_figures = measure_writes(writes, mode.write_records)
+    finally:
+        workspace.destroy()
+
+    machine.update(torch=floors[0]["torch"], torch_interop_threads=floors[0]["interop_threads"])
+    seed_per_ckpt = [statistics.mean(m.wall for m in rep) for rep in seeds]
+    figures = [
+        Figure("ckpt_eval_seconds", f"ckpt-eval run, N={n} (wall, incl. start-up)", "s", [m.wall for m in runs]),
+        Figure(
+            "floor_seconds", f"floor: forward passes of N={n} models, warm", "s", [f["forward_seconds"] for f in floors]
+        ),
+        Figure(
+            "seed_seconds",
+            f"seed design: 1 process per checkpoint, N={n}",
+            "s",
+            [s * n for s in seed_per_ckpt],
+            note=None
+            if mode.seed_checkpoints == n
+            else f"{mode.seed_checkpoints} processes timed, x N/{mode.seed_checkpoints}",
+        ),
+        Figure("seed_seconds_per_checkpoint", "seed design: one process", "s", seed_per_ckpt),
+        Figure(
+            "startup_seconds",
+            "start-up to first claim",
+            "s",
+            [m.first(CLAIM_LINE) or 0.0 for m in runs + tinies],
+            goal="< 1.2 s",
+        ),
+        Figure(
+            "per_checkpoint_ms",
+            f"per-checkpoint fixed cost ({mode.tiny_images} images)",
+            "ms",
+            [1000 * _interval(m, CLAIM_LINE, DONE_LINE) / (len(tiny.checkpoints) - 1) for m in tinies]
+            if len(tiny.checkpoints) > 1
+            else [],
+            goal="< 10 ms",
+        ),
+        Figure(
+            "forward_gflops",
+            "forward pass GFLOP/s (floor)",
+            "GFLOP/s",
+            [f["forward_gflops"] for f in floors],
+            higher_is_better=True,
+        ),
+        Figure(
+            "ckpt_eval_gflops",
+            "forward FLOPs / ckpt-eval wall",
+            "GFLOP/s",
+            [f["flops"] / m.wall / 1e9 for f, m in zip(floors, runs, strict=True)],
+            higher_is_better=True,
+        ),
+        Figure(
+            "matmul_gflops",
+            f"fp32 matmul {matmul_size}x{matmul_size} GFLOP/s (attained)",
+            "GFLOP/s",
+            [f["matmul_gflops"] for f in floors],
+            higher_is_better=True,
+        ),
+        Figure("rss_n_mb", f"peak RSS, N={n}", "MB", [m.max_rss_mb for m in runs]),
+        Figure("rss_wide_mb", f"peak RSS, {mode.wide_factor}N={n * mode.wide_factor}", "MB", [wide_run.max_rss_mb]),
+        Figure("ckpt_eval_minor_faults", "minor page faults, ckpt-eval run", "", [float(m.minor_faults) for m in runs]),
+        Figure(
+            "floor_minor_faults", "minor page faults, floor forward", "", [float(f["minor_faults"]) for f in floors]
+        ),
+        Figure("ckpt_eval_system_seconds", "system CPU, ckpt-eval run", "s", [m.system for m in runs]),
+        Figure("floor_system_seconds", "system CPU, floor forward", "s", [f["system_seconds"] for f in floors]),
+        Figure(
+            "table_read_rows_per_second",
+            f"table dataset read ({mode.table_rows:,} rows)",
+            "rows/s",
+            note=TABLE_PENDING,
+            higher_is_better=True,
+        ),
+        Figure(
+            "copy_rows_per_second",
+            "COPY ... TO STDOUT of the same rows",
+            "rows/s",
+            note=TABLE_PENDING,
+            higher_is_better=True,
+        ),
+        Figure(
+            "writes_per_second",
+            "result writes (run + 46 metric rows)",
+            "/s",
+            [write_figures["results_per_second"]],
+            higher_is_better=True,
+        ),
+    ]
+    for size, walls in sorted(sweep.items()):
+        figures.append(
+            Figure(f"ckpt_eval_seconds_batch_{size}", f"ckpt-eval run, N={n}, --batch-size {size}", "s", walls)
+        )
+
+    ratios = [
+        Figure(
+            "ckpt_eval_over_floor",
+            "ckpt-eval / floor",
+            "x",
+            [m.wall / f["forward_seconds"] for m, f in zip(runs, floors, strict=True)],
+            goal="<= 1.25",
+        ),
+        Figure(
+            "seed_over_ckpt_eval",
+            "seed design / ckpt-eval",
+            "x",
+            [s * n / m.wall for s, m in zip(seed_per_ckpt, runs, strict=True)],
+            goal=">= 5",
+            higher_is_better=True,
+        ),
+        Figure("multi_model_over_floor", "multi-model evaluation / floor", "x", note="pending (issue 11 part 3)"),
+        Figure(
+            "forward_over_matmul",
+            "forward GFLOP/s / matmul GFLOP/s",
+            "x",
+            [f["forward_gflops"] / f["matmul_gflops"] for f in floors],
+            higher_is_better=True,
+        ),
+        Figure(
+            "rss_wide_over_n",
+            f"peak RSS {mode.wide_factor}N / N",
+            "x",
+            [wide_run.max_rss_mb / statistics.median(m.max_rss_mb for m in runs)],
+        ),
+        Figure("table_read_over_copy", "table read / COPY", "x", note=TABLE_PENDING, higher_is_better=True),
+    ]
+    config = {**asdict(mode), "mode": mode.name, "arch": ARCH, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return document(machine, config, figures, ratios)
