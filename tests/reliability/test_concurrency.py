@@ -116,6 +116,7 @@ class GatedRerun:
             raise AssertionError(f"--force rerun {self.ids} ended before its password was given")
         stdin.write(f"{VAULT_PASSWORD}\n")
         stdin.close()
+        self.worker.process.stdin = None  # communicate() must not touch the closed pipe
 
 
 def wait_for_runs(deployment: Deployment, ids: tuple[int, ...], timeout: float = 120) -> None:
