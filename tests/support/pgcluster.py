@@ -19,6 +19,19 @@ import time
 from pathlib import Path
 
 SUPERUSER = "postgres"
+PREREQUISITES = "scripts/os-prerequisites installs what the tests need"
+
+
+class MissingTool(RuntimeError):
+    """A program or user the throwaway cluster needs is not on this machine."""
+
+
+def run_tool(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """subprocess.run, except that a program that is not installed is a MissingTool naming it."""
+    try:
+        return subprocess.run(argv, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+    except FileNotFoundError as exc:
+        raise MissingTool(f"{argv[0]} not found: {PREREQUISITES} (Debian: util-linux, postgresql)") from exc
 
 
 def find_bindir() -> Path:
@@ -31,7 +44,7 @@ def find_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).parent
-    raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+    raise MissingTool(f"PostgreSQL server binaries (initdb) not found: {PREREQUISITES} (Debian: postgresql)")
 
 
 def free_port() -> int:
@@ -58,7 +71,14 @@ class PgCluster:
         self.logfile = self.base / "server.log"
         self.sockdir.mkdir()
         if self.owner:
-            entry = pwd.getpwnam(self.owner)
+            try:
+                entry = pwd.getpwnam(self.owner)
+            except KeyError:
+                shutil.rmtree(self.base, ignore_errors=True)
+                raise MissingTool(
+                    f"as root, initdb and pg_ctl run as the user {self.owner!r}, which does not exist: {PREREQUISITES}"
+                    " (or set CKPT_EVAL_PG_USER)"
+                ) from None
             for path in (self.base, self.sockdir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         os.chmod(self.base, 0o755)  # noqa: S103 (the postgres user must traverse it)
@@ -67,7 +87,7 @@ class PgCluster:
     def _as_owner(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         if self.owner:
             argv = ["runuser", "-u", self.owner, "--", *argv]
-        return subprocess.run(argv, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+        return run_tool(argv, check=True, **kwargs)
 
     def init(self) -> None:
         self._as_owner(
@@ -136,7 +156,7 @@ class PgCluster:
         ]
         # SQL goes through stdin, never argv, so a password in it is not visible in /proc.
         argv += ["-f", str(file) if file else "-"]
-        result = subprocess.run(argv, input=None if file else sql, text=True, capture_output=True)
+        result = run_tool(argv, input=None if file else sql, check=False)
         if result.returncode != 0:
             raise PsqlError(result.returncode, result.stderr.strip())
         return result.stdout.strip()
