@@ -65,6 +65,11 @@ class PgCluster:
         self.bindir = find_bindir()
         self.port = port or free_port()
         self.owner = os.environ.get("CKPT_EVAL_PG_USER", "postgres") if os.geteuid() == 0 else None
+        for tool in ("initdb", "pg_ctl", "psql"):
+            if not (self.bindir / tool).is_file():
+                raise MissingTool(f"{self.bindir / tool} not found: {PREREQUISITES} (Debian: postgresql)")
+        if self.owner and not shutil.which("runuser"):
+            raise MissingTool(f"runuser not found (root runs initdb through it): {PREREQUISITES} (Debian: util-linux)")
         self.base = Path(tempfile.mkdtemp(prefix="ckpt-eval-pg-", dir=base))
         self.datadir = self.base / "data"
         self.sockdir = self.base / "sock"
