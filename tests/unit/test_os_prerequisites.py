@@ -25,6 +25,12 @@ def run(*args: str, path: str | None = None, user: str | None = None) -> subproc
     env = {"PATH": path if path is not None else os.environ["PATH"], "LANG": "C.UTF-8"}
     argv = [BASH, str(SCRIPT), *args]
     if user:
+        # The clone may sit where only root can read it (/root/...): the user runs a copy next to its PATH.
+        assert path is not None
+        copy = Path(path) / SCRIPT.name
+        shutil.copyfile(SCRIPT, copy)
+        copy.chmod(0o755)
+        argv = [BASH, str(copy), *args]
         argv = [
             shutil.which("runuser") or "/usr/sbin/runuser",
             "-u",
