@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: venv deploy demo test unit integration reliability bench lint clean
+.PHONY: venv os-prerequisites deploy demo test unit integration reliability bench lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +14,18 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 venv: $(BIN)/.installed
 
+# The Debian packages the tests need (git, PostgreSQL, node/npm, ...): listed in the script, installed
+# when missing as root on Debian; otherwise it names them and fails. Instant when all are present.
+os-prerequisites:
+	bash scripts/os-prerequisites
+
 deploy: venv
 	$(BIN)/ansible-playbook -i inventories/local playbooks/deploy.yml --vault-password-file inventories/local/vault-password
 
 demo: venv
 	$(BIN)/python scripts/local_demo.py
 
-test: venv
+test: os-prerequisites venv
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest tests
 	$(BIN)/coverage combine --quiet

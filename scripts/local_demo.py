@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ckpt_eval.credentials import decrypt_credentials, encrypt_mapping, read_password_file  # noqa: E402
-from tests.support.pgcluster import PgCluster, create_app_database  # noqa: E402
+from tests.support.pgcluster import MissingTool, PgCluster, create_app_database  # noqa: E402
 
 DEMO_PASSWORD_FILE = ROOT / "inventories" / "local" / "vault-password"
 
@@ -68,4 +68,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MissingTool as exc:  # PostgreSQL's binaries, runuser or the postgres user are not here
+        sys.exit(f"make demo: {exc}")

