@@ -52,11 +52,6 @@ class LoadedCheckpoint:
     model: nn.Module
 
 
-def describe(text: str, limit: int = 120) -> str:
-    """A printable, bounded, quoted rendering of an untrusted string for error messages."""
-    return quoted(text, limit)
-
-
 def validate_stored_path(stored: str) -> PurePosixPath:
     """Reject stored paths that could point outside the root before touching the filesystem."""
     if not stored:
@@ -64,14 +59,14 @@ def validate_stored_path(stored: str) -> PurePosixPath:
     if len(stored) > MAX_STORED_PATH_LENGTH:
         raise CheckpointError(f"checkpoint path is longer than {MAX_STORED_PATH_LENGTH} characters")
     if "\x00" in stored:
-        raise CheckpointError(f"checkpoint path {describe(stored)} contains a NUL byte")
+        raise CheckpointError(f"checkpoint path {quoted(stored)} contains a NUL byte")
     if "\\" in stored:
-        raise CheckpointError(f"checkpoint path {describe(stored)} contains a backslash")
+        raise CheckpointError(f"checkpoint path {quoted(stored)} contains a backslash")
     relative = PurePosixPath(stored)
     if relative.is_absolute() or stored.startswith("~"):
-        raise CheckpointError(f"checkpoint path {describe(stored)} is absolute; paths are relative to the root")
+        raise CheckpointError(f"checkpoint path {quoted(stored)} is absolute; paths are relative to the root")
     if ".." in relative.parts:
-        raise CheckpointError(f"checkpoint path {describe(stored)} contains '..'")
+        raise CheckpointError(f"checkpoint path {quoted(stored)} contains '..'")
     return relative
 
 
@@ -84,13 +79,13 @@ def resolve_checkpoint_path(root: Path, stored: str) -> Path:
     try:
         real = (real_root / relative).resolve(strict=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {describe(stored)} not found under the checkpoint root") from None
+        raise CheckpointError(f"checkpoint {quoted(stored)} not found under the checkpoint root") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on older Pythons
-        raise CheckpointError(f"checkpoint {describe(stored)} cannot be resolved: {exc.__class__.__name__}") from None
+        raise CheckpointError(f"checkpoint {quoted(stored)} cannot be resolved: {exc.__class__.__name__}") from None
     if not real.is_relative_to(real_root):
-        raise CheckpointError(f"checkpoint path {describe(stored)} leaves the checkpoint root (symlink)")
+        raise CheckpointError(f"checkpoint path {quoted(stored)} leaves the checkpoint root (symlink)")
     if not real.is_file():
-        raise CheckpointError(f"checkpoint path {describe(stored)} is not a regular file")
+        raise CheckpointError(f"checkpoint path {quoted(stored)} is not a regular file")
     return real
 
 
@@ -98,7 +93,7 @@ class _CheckpointFile:
     """An open checkpoint: a regular file of bounded size, read exactly once in blocks."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
-        self.name = describe(path.name)
+        self.name = quoted(path.name)
         try:
             # O_NONBLOCK: opening a FIFO planted in the root must not hang the worker.
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -165,9 +160,7 @@ def _parse_file(
     path = resolve_checkpoint_path(root, stored_path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise CheckpointError(
-            f"checkpoint {describe(path.name)}: unsupported extension (use .pt, .pth or .safetensors)"
-        )
+        raise CheckpointError(f"checkpoint {quoted(path.name)}: unsupported extension (use .pt, .pth or .safetensors)")
     with _CheckpointFile(path, parser.limits.memory_bytes) as checkpoint:
         state = parser.parse(
             checkpoint.blocks(),
@@ -202,7 +195,7 @@ def load_checkpoint(
     def approve(actual: str) -> None:
         if actual != expected:
             raise CheckpointError(
-                f"checkpoint {describe(stored_path)}: sha256 mismatch "
+                f"checkpoint {quoted(stored_path)}: sha256 mismatch "
                 f"(registry {printable(expected[:12])}..., file {actual[:12]}...)"
             )
 
@@ -228,7 +221,7 @@ def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: s
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         detail = printable(" ".join(str(exc).split()), 500)
-        raise CheckpointError(f"checkpoint {describe(name)} does not fit architecture {arch}: {detail}") from None
+        raise CheckpointError(f"checkpoint {quoted(name)} does not fit architecture {arch}: {detail}") from None
     model.eval()
     return model
 
@@ -243,7 +236,7 @@ def check_zip_archive(data: bytes | memoryview, max_expanded: int, name: str) ->
     size differs from its stored size, or records adding up to more than the parser may hold are
     refused, whatever the central directory or the local headers claim.
     """
-    shown = describe(name)
+    shown = quoted(name)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             infos = archive.infolist()
@@ -253,7 +246,7 @@ def check_zip_archive(data: bytes | memoryview, max_expanded: int, name: str) ->
         raise CheckpointError(f"checkpoint {shown} has {len(infos)} archive records (at most {MAX_ARCHIVE_ENTRIES})")
     total = 0
     for info in infos:
-        record = describe(info.filename, 80)
+        record = quoted(info.filename, 80)
         if info.compress_type != zipfile.ZIP_STORED or _local_method(data, info.header_offset) != zipfile.ZIP_STORED:
             raise CheckpointError(
                 f"checkpoint {shown}: archive record {record} is compressed; torch.save never compresses, "
@@ -280,7 +273,7 @@ def deserialize_state_dict(data: bytes | memoryview, suffix: str, name: str, max
     """Turn checkpoint bytes into a mapping of tensors without ever running pickled code."""
     import torch
 
-    shown = describe(name)
+    shown = quoted(name)
     if suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import load as load_safetensors
 
@@ -333,11 +326,11 @@ def extract_state_dict(loaded: object, name: str) -> dict[str, object]:
                 loaded = loaded[key]
                 break
     if not isinstance(loaded, Mapping) or not loaded:
-        raise CheckpointError(f"checkpoint {describe(name)} does not hold a state dict")
+        raise CheckpointError(f"checkpoint {quoted(name)} does not hold a state dict")
     state: dict[str, object] = {}
     for key, value in loaded.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"checkpoint {describe(name)}: entry {describe(str(key), 60)} is not a named tensor")
+            raise CheckpointError(f"checkpoint {quoted(name)}: entry {quoted(str(key), 60)} is not a named tensor")
         state[key] = value
     return state
 
@@ -352,15 +345,15 @@ def conform_to_architecture(
     """
     import torch
 
-    shown = describe(name)
+    shown = quoted(name)
     missing = sorted(set(spec) - set(state))
     unexpected = sorted(set(state) - set(spec))
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append("missing key(s): " + ", ".join(describe(k, 60) for k in missing[:10]))
+            parts.append("missing key(s): " + ", ".join(quoted(k, 60) for k in missing[:10]))
         if unexpected:
-            parts.append("unexpected key(s): " + ", ".join(describe(k, 60) for k in unexpected[:10]))
+            parts.append("unexpected key(s): " + ", ".join(quoted(k, 60) for k in unexpected[:10]))
         raise CheckpointError(f"checkpoint {shown} does not fit architecture {arch}: {'; '.join(parts)}")
     result: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
@@ -368,10 +361,10 @@ def conform_to_architecture(
         tensor = state[key]
         assert isinstance(tensor, torch.Tensor)
         if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
-            raise CheckpointError(f"checkpoint {shown}: entry {describe(key, 60)} is not a dense real tensor")
+            raise CheckpointError(f"checkpoint {shown}: entry {quoted(key, 60)} is not a dense real tensor")
         if tuple(tensor.shape) != tuple(shape):
             raise CheckpointError(
-                f"checkpoint {shown} does not fit architecture {arch}: {describe(key, 60)} has shape "
+                f"checkpoint {shown} does not fit architecture {arch}: {quoted(key, 60)} has shape "
                 f"{tuple(tensor.shape)}, the architecture needs {tuple(shape)}"
             )
         plain = tensor.detach().to(dtype=dtype).contiguous()
