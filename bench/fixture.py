@@ -44,7 +44,7 @@ def write_images(data_dir: Path, n: int, seed: int) -> None:
 def write_checkpoints(folder: Path, count: int) -> list[Path]:
     import torch
 
-    from ckpt_eval.models import build_model
+    from ckpt_eval.architectures import build_model
     from ckpt_eval.train import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)

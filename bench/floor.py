@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ckpt_eval.architectures import build_model
 from ckpt_eval.datasets import IDX_DATASETS, load_idx_dataset
-from ckpt_eval.models import build_model
 
 
 def forward_flops(model: nn.Module, sample: torch.Tensor) -> int:

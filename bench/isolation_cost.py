@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "app"))
 
+from ckpt_eval.architectures import build_model  # noqa: E402
 from ckpt_eval.checkpoints import extract_state_dict, load_checkpoint  # noqa: E402
 from ckpt_eval.isolation import CheckpointParser  # noqa: E402
-from ckpt_eval.models import build_model  # noqa: E402
 
 
 def in_process(path: Path, arch: str) -> None:

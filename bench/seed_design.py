@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch.utils.data import DataLoader, Dataset
 
-from ckpt_eval.models import build_model
+from ckpt_eval.architectures import build_model
 
 checkpoint_id, checkpoint_path, data_dir, batch_size, threads = sys.argv[1:6]
 torch.set_num_threads(int(threads))

@@ -211,7 +211,7 @@ def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: s
     """Load parser output (plain tensors of the architecture's layout) strictly into a fresh module."""
     import torch
 
-    from .models import build_model
+    from .architectures import build_model
 
     # Built without memory and given the parser's tensors as they are: no random initialisation
     # that would be overwritten at once, no copy.

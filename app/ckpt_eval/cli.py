@@ -425,16 +425,18 @@ def register(
     The file is checked the way a run will check it (inside the root, loadable into ARCH)
     and its sha256 is stored, so a later change to the file fails its run.
     """
+    from .architectures import ArchitectureError, get_architecture
     from .checkpoints import inspect_checkpoint
     from .datasets import DATASET_NAMES
     from .db.repository import Repository
     from .isolation import CheckpointParser
-    from .models import ARCHITECTURES
 
     _start_logging(options)
     limits = _parse_limits(options)
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"unknown architecture {quoted(arch, 60)} (known: {', '.join(sorted(ARCHITECTURES))})")
+    try:
+        get_architecture(arch)
+    except ArchitectureError as exc:
+        raise UsageError(str(exc)) from None
     if dataset not in DATASET_NAMES:
         raise UsageError(f"unknown dataset {quoted(dataset, 60)} (known: {', '.join(DATASET_NAMES)})")
     checkpoint_name = name or Path(path).stem

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import retain_freed_memory
+from .architectures import get_architecture
 from .datasets import Dataset
 from .errors import CheckpointError
 from .metrics import MetricAccumulator, Metrics
-from .models import get_architecture
 
 DEFAULT_BATCH_SIZE = 256
 

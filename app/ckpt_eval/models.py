@@ -1,15 +1,10 @@
-"""Architecture registry: the names stored in the registry's ``arch`` column."""
+"""The built-in architectures, published through ckpt-eval's own entry points like any plugin."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
-
 from torch import nn
 
-from .errors import CheckpointError
-from .text import quoted
+from .architectures import ArchitectureSpec, InputSpec
 
 
 class FashionCNN(nn.Module):
@@ -55,41 +50,10 @@ class DigitsMLP(nn.Module):
         return self.layers(x)
 
 
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    factory: Callable[[], nn.Module]
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    description: str
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("fashion_cnn", FashionCNN, (1, 28, 28), 10, "FashionMNIST CNN, 28x28 inputs"),
-        Architecture("digits_mlp", DigitsMLP, (1, 8, 8), 10, "two-layer MLP for 8x8 digits"),
-    )
-}
-
-
-def get_architecture(name: str) -> Architecture:
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise CheckpointError(f"unknown architecture {quoted(name, 60)} (known: {known})") from None
-
-
-def build_model(name: str) -> nn.Module:
-    return get_architecture(name).factory()
-
-
-@lru_cache(maxsize=64)
-def state_spec(name: str) -> dict[str, tuple[tuple[int, ...], object]]:
-    """The architecture's state-dict layout (key -> shape, dtype), read from a module built without memory."""
-    import torch
-
-    with torch.device("meta"):
-        model = build_model(name)
-    return {key: (tuple(value.shape), value.dtype) for key, value in model.state_dict().items()}
+FASHION_CNN = ArchitectureSpec(
+    "fashion_cnn", FashionCNN, InputSpec((1, 28, 28)), 10, description="FashionMNIST CNN, 28x28 inputs"
+)
+DIGITS_MLP = ArchitectureSpec(
+    "digits_mlp", DigitsMLP, InputSpec((1, 8, 8)), 10, description="two-layer MLP for 8x8 digits"
+)
+BUILTIN_SPECS = (FASHION_CNN, DIGITS_MLP)

@@ -69,8 +69,8 @@ def _read_exact(stream: BinaryIO, size: int) -> bytearray:
 def _parse(header: dict[str, object], data: bytearray) -> bytes:
     from safetensors.torch import save
 
+    from .architectures import state_spec
     from .checkpoints import conform_to_architecture, deserialize_state_dict
-    from .models import state_spec
 
     name = str(header["name"])
     arch = str(header["arch"])

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import build_model
 from .datasets import Dataset
 from .evaluate import check_compatible
-from .models import build_model
 
 
 def train_model(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckpt_eval.models import build_model
+from ckpt_eval.architectures import build_model
 from tests.support.deployment import APP_PASSWORD, VAULT_PASSWORD, Deployment
 from tests.support.pgcluster import free_port
 

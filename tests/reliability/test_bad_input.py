@@ -32,8 +32,8 @@ import pytest
 import torch
 import yaml
 
+from ckpt_eval.architectures import build_model
 from ckpt_eval.datasets import write_idx
-from ckpt_eval.models import build_model
 from tests.support.deployment import APP_PASSWORD, VAULT_PASSWORD, Deployment, Result
 
 DEMO_VERDICTS = {"digits-mlp-good": "pass", "digits-mlp-undertrained": "fail"}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from ckpt_eval.architectures import build_model
 from ckpt_eval.datasets import write_idx
-from ckpt_eval.models import build_model
 from tests.support.deployment import Deployment, new_deployment
 from tests.support.pgcluster import PgCluster, free_port
 

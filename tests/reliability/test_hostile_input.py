@@ -30,7 +30,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from ckpt_eval.models import build_model
+from ckpt_eval.architectures import build_model
 from tests.support import hostile
 from tests.support.deployment import CKPT_EVAL, Deployment, Result
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ckpt_eval.architectures import build_model, get_architecture
 from ckpt_eval.checkpoints import (
     MAX_STORED_PATH_LENGTH,
     LoadedCheckpoint,
@@ -25,7 +26,6 @@ from ckpt_eval.checkpoints import (
 )
 from ckpt_eval.errors import CheckpointError
 from ckpt_eval.isolation import CheckpointParser, ParseLimits
-from ckpt_eval.models import ARCHITECTURES, build_model
 from tests.support.reference_models import ReferenceFashionCNN
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
@@ -561,7 +561,7 @@ def test_fashion_cnn_layout_matches_reference() -> None:
     reference = ReferenceFashionCNN().state_dict()
     assert list(ours) == list(reference)
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
-    assert ARCHITECTURES["fashion_cnn"].input_shape == (1, 28, 28)
+    assert get_architecture("fashion_cnn").input_shape == (1, 28, 28)
 
 
 def test_reference_fashion_cnn_checkpoint_loads_strictly(root: Path, parser: CheckpointParser) -> None:

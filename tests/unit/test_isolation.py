@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from ckpt_eval.architectures import build_model
 from ckpt_eval.checkpoints import check_zip_archive, inspect_checkpoint, load_checkpoint
 from ckpt_eval.errors import CheckpointError
 from ckpt_eval.evaluate import EvaluationAborted
 from ckpt_eval.isolation import CheckpointParser, ParseLimits
-from ckpt_eval.models import build_model
 from tests.support import hostile
 
 MiB = 1024**2

@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from torch import nn
 
 import ckpt_eval.datasets
+from ckpt_eval.architectures import build_model, get_architecture
 from ckpt_eval.checkpoints import inspect_checkpoint, load_checkpoint
 from ckpt_eval.datasets import load_dataset
 from ckpt_eval.errors import CheckpointError
@@ -33,7 +34,7 @@ from ckpt_eval.metrics import (
     apply_gate,
     compute_metrics,
 )
-from ckpt_eval.models import ARCHITECTURES, build_model
+from ckpt_eval.models import BUILTIN_SPECS
 from ckpt_eval.train import save_checkpoint, train_model
 
 CLASSES = list(range(10))
@@ -417,11 +418,11 @@ def test_should_stop_aborts_between_batches(digits, tiny_model) -> None:
     assert seen == [100, 100]
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(spec.name for spec in BUILTIN_SPECS))
 def test_registered_architectures_leave_the_shared_inputs_alone(tmp_path: Path, arch: str) -> None:
     # Batches are views of one tensor shared by every checkpoint of a run: a model that wrote into
     # its input would change what the next checkpoint is evaluated on.
-    shape = ARCHITECTURES[arch].input_shape
+    shape = get_architecture(arch).input_shape
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(50, shape[1], shape[2]), dtype=np.uint8)
     dataset = ckpt_eval.datasets.Dataset("x", "test", pixels, (np.arange(50) % 10).astype(np.int64), 10, 255.0, "0")
