@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from . import __version__
+from .architectures import get_architecture
 from .checkpoints import load_checkpoint
 from .config import CLAIM_BATCH, Settings, Worker
-from .datasets import load_dataset
+from .datasets import check_compatible, load_dataset
 from .db.repository import ClaimedCheckpoint, Repository, RunRecord
 from .errors import CkptEvalError, LeaseLost
-from .evaluate import EvaluationAborted, check_compatible, evaluate_model
+from .evaluate import EvaluationAborted, evaluate_model
 from .isolation import CheckpointParser, ParserUnavailable
 from .metrics import Gate, Metrics, apply_gate
 from .text import printable, quoted
@@ -114,13 +115,14 @@ def evaluate_claim(
     error: str | None = None
     try:
         dataset = load_dataset(claim.dataset, settings.data_dir)
-        dataset_sha256 = dataset.sha256
-        log.debug("dataset %s: %d samples, sha256 %s", dataset.name, len(dataset), dataset.sha256)
-        check_compatible(claim.arch, dataset)
+        dataset_sha256 = dataset.fingerprint()
+        log.debug("dataset %s: %s samples, sha256 %s", dataset.name, dataset.n_samples, dataset_sha256)
+        architecture = get_architecture(claim.arch)
+        check_compatible(architecture, dataset)
         loaded = load_checkpoint(settings.checkpoint_root, claim.path, claim.arch, claim.sha256, parser, should_stop)
         checkpoint_sha256 = loaded.sha256
         log.debug("loaded %s (%d bytes, sha256 %s) into %s", loaded.path, loaded.size, loaded.sha256, claim.arch)
-        metrics = evaluate_model(loaded.model, dataset, settings.batch_size, should_stop)
+        metrics = evaluate_model(loaded.model, dataset, architecture, settings.batch_size, should_stop)
     except (EvaluationAborted, ParserUnavailable):
         raise
     except CkptEvalError as exc:

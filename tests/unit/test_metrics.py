@@ -21,9 +21,9 @@ from torch import nn
 import ckpt_eval.datasets
 from ckpt_eval.architectures import build_model, get_architecture
 from ckpt_eval.checkpoints import inspect_checkpoint, load_checkpoint
-from ckpt_eval.datasets import load_dataset
-from ckpt_eval.errors import CheckpointError
-from ckpt_eval.evaluate import EvaluationAborted, check_compatible, evaluate_model
+from ckpt_eval.datasets import ArrayDataset, check_compatible, load_dataset
+from ckpt_eval.errors import CheckpointError, DatasetError
+from ckpt_eval.evaluate import EvaluationAborted, evaluate_model
 from ckpt_eval.isolation import CheckpointParser
 from ckpt_eval.metrics import (
     DEFAULT_MIN_ACCURACY,
@@ -38,6 +38,7 @@ from ckpt_eval.models import BUILTIN_SPECS
 from ckpt_eval.train import save_checkpoint, train_model
 
 CLASSES = list(range(10))
+DIGITS_MLP = get_architecture("digits_mlp")
 TOL = 1e-12
 
 
@@ -353,7 +354,7 @@ def tiny_model() -> nn.Module:
     model = build_model("digits_mlp")
     # A few quick steps so the predictions are neither constant nor perfect.
     train = ckpt_eval.datasets.load_digits("train")
-    inputs = torch.from_numpy(train.pixels.astype(np.float32) / 16.0).unsqueeze(1)
+    inputs = torch.from_numpy(train.features.astype(np.float32) / 16.0).unsqueeze(1)
     targets = torch.from_numpy(train.labels)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     for _ in range(15):
@@ -365,7 +366,7 @@ def tiny_model() -> nn.Module:
 
 def independent_metrics(model: nn.Module, dataset) -> dict[str, float]:
     """One forward pass over all 450 inputs; loss averaged in float64."""
-    inputs = torch.from_numpy(dataset.pixels.astype(np.float32) / 16.0).unsqueeze(1)
+    inputs = torch.from_numpy(dataset.features.astype(np.float32) / 16.0).unsqueeze(1)
     with torch.no_grad():
         logits = model(inputs).double()
     labels = dataset.labels
@@ -382,7 +383,7 @@ def independent_metrics(model: nn.Module, dataset) -> dict[str, float]:
 @pytest.mark.parametrize("batch_size", [256, 7, 450, 1000])
 def test_evaluate_model_matches_independent_computation(digits, tiny_model, batch_size: int) -> None:
     seen: list[int] = []
-    metrics = evaluate_model(tiny_model, digits, batch_size=batch_size, on_batch=seen.append)
+    metrics = evaluate_model(tiny_model, digits, DIGITS_MLP, batch_size=batch_size, on_batch=seen.append)
     expected = independent_metrics(tiny_model, digits)
     assert metrics.n_samples == 450
     assert sum(seen) == 450
@@ -398,7 +399,7 @@ def test_evaluate_model_matches_independent_computation(digits, tiny_model, batc
 def test_evaluate_model_leaves_weights_alone_and_sets_eval_mode(digits, tiny_model) -> None:
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     tiny_model.train()
-    evaluate_model(tiny_model, digits)
+    evaluate_model(tiny_model, digits, DIGITS_MLP)
     assert not tiny_model.training
     for key, value in tiny_model.state_dict().items():
         assert torch.equal(value, before[key])
@@ -407,14 +408,16 @@ def test_evaluate_model_leaves_weights_alone_and_sets_eval_mode(digits, tiny_mod
 def test_should_stop_aborts_before_first_batch(digits, tiny_model) -> None:
     seen: list[int] = []
     with pytest.raises(EvaluationAborted):
-        evaluate_model(tiny_model, digits, should_stop=lambda: True, on_batch=seen.append)
+        evaluate_model(tiny_model, digits, DIGITS_MLP, should_stop=lambda: True, on_batch=seen.append)
     assert seen == []
 
 
 def test_should_stop_aborts_between_batches(digits, tiny_model) -> None:
     seen: list[int] = []
     with pytest.raises(EvaluationAborted):
-        evaluate_model(tiny_model, digits, batch_size=100, should_stop=lambda: len(seen) >= 2, on_batch=seen.append)
+        evaluate_model(
+            tiny_model, digits, DIGITS_MLP, batch_size=100, should_stop=lambda: len(seen) >= 2, on_batch=seen.append
+        )
     assert seen == [100, 100]
 
 
@@ -422,36 +425,40 @@ def test_should_stop_aborts_between_batches(digits, tiny_model) -> None:
 def test_registered_architectures_leave_the_shared_inputs_alone(tmp_path: Path, arch: str) -> None:
     # Batches are views of one tensor shared by every checkpoint of a run: a model that wrote into
     # its input would change what the next checkpoint is evaluated on.
-    shape = get_architecture(arch).input_shape
+    architecture = get_architecture(arch)
+    shape = architecture.input_shape
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(50, shape[1], shape[2]), dtype=np.uint8)
-    dataset = ckpt_eval.datasets.Dataset("x", "test", pixels, (np.arange(50) % 10).astype(np.int64), 10, 255.0, "0")
-    before = dataset.inputs.clone()
+    pixels = rng.integers(0, 256, size=(50, *shape[1:]), dtype=np.uint8)
+    labels = (np.arange(50) % architecture.num_classes).astype(np.int64)
+    dataset = ArrayDataset("x", "idx", "test", pixels, labels, architecture.num_classes, 255.0, shape, "0")
+    before = dataset.prepared(architecture).clone()
     torch.manual_seed(0)
-    first = evaluate_model(build_model(arch), dataset, batch_size=16)
-    assert torch.equal(dataset.inputs, before)
+    first = evaluate_model(build_model(arch), dataset, architecture, batch_size=16)
+    assert torch.equal(dataset.prepared(architecture), before)
     torch.manual_seed(0)
-    assert evaluate_model(build_model(arch), dataset, batch_size=16) == first
+    assert evaluate_model(build_model(arch), dataset, architecture, batch_size=16) == first
 
 
 def test_model_with_wrong_output_width_is_a_checkpoint_error(digits) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(CheckpointError, match=r"expected \(N, 10\)"):
-        evaluate_model(model, digits)
+        evaluate_model(model, digits, DIGITS_MLP)
 
 
 def test_check_compatible_rejects_fashion_cnn_with_digits(digits) -> None:
-    with pytest.raises(CheckpointError, match="fashion_cnn expects 28x28 inputs, dataset digits has 8x8"):
-        check_compatible("fashion_cnn", digits)
-    check_compatible("digits_mlp", digits)
+    with pytest.raises(DatasetError, match="fashion_cnn expects 1x28x28 inputs, dataset 'digits' has 1x8x8") as caught:
+        check_compatible(get_architecture("fashion_cnn"), digits)
+    assert caught.value.exit_code == 65
+    assert isinstance(caught.value, CheckpointError)  # `ckpt-eval train` reports it as a usage error
+    check_compatible(DIGITS_MLP, digits)
     with pytest.raises(CheckpointError, match="unknown architecture"):
-        check_compatible("nope", digits)
+        get_architecture("nope")
 
 
 def test_check_compatible_rejects_class_count_mismatch(digits) -> None:
     fewer = dataclasses.replace(digits, num_classes=5)
-    with pytest.raises(CheckpointError, match="10 classes"):
-        check_compatible("digits_mlp", fewer)
+    with pytest.raises(DatasetError, match="10 classes, dataset 'digits' has 5"):
+        check_compatible(DIGITS_MLP, fewer)
 
 
 # --------------------------------------------------------------------------- training and saving
@@ -489,11 +496,11 @@ def test_training_restores_thread_count(digits_train) -> None:
 
 def test_trained_model_beats_chance_on_test_split(digits, trained) -> None:
     assert not trained.training
-    assert evaluate_model(trained, digits).accuracy > 0.5
+    assert evaluate_model(trained, digits, DIGITS_MLP).accuracy > 0.5
 
 
 def test_train_rejects_incompatible_architecture(digits_train) -> None:
-    with pytest.raises(CheckpointError, match="expects 28x28"):
+    with pytest.raises(CheckpointError, match="expects 1x28x28"):
         train_model("fashion_cnn", digits_train, epochs=1, seed=0)
 
 
@@ -521,4 +528,4 @@ def test_save_checkpoint_safetensors_loads(tmp_path: Path, digits, trained, pars
     loaded = inspect_checkpoint(tmp_path, "out/m.safetensors", "digits_mlp", parser)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
-    assert evaluate_model(loaded.model, digits) == evaluate_model(trained, digits)
+    assert evaluate_model(loaded.model, digits, DIGITS_MLP) == evaluate_model(trained, digits, DIGITS_MLP)

@@ -1,33 +1,26 @@
-"""Evaluation datasets: IDX files (fashion_mnist, mnist) and scikit-learn's embedded digits.
+"""IDX files (fashion_mnist, mnist layouts) in the data directory: parsed strictly, bounded in size.
 
-Every dataset is held as uint8-or-small-int pixels plus int64 labels. The model inputs, scaled
-to [0, 1] (``pixel_scale``) as the checkpoints were trained, are converted once per dataset and
-shared by every checkpoint evaluated on it; batches are views into them. The content sha256
-covers the decoded pixels and labels, so the same data gives the same hash whether the
-files are gzipped or not.
+The content sha256 covers the decoded pixels and labels, so the same data gives the same hash
+whether the files are gzipped or not (unchanged since v2).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .errors import DatasetError, DatasetMissing
+from ..errors import DatasetError, DatasetMissing
+from .memory import ArrayDataset, content_sha256
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 MAX_IDX_BYTES = 256 * 1024 * 1024  # a gzip bomb stops here, far above any MNIST-sized file
-DIGITS_TEST_EVERY = 4  # digits test split: samples whose index % 4 == 0 (450 of 1797)
 
 SPLIT_PREFIX = {"test": "t10k", "train": "train"}
 
@@ -44,83 +37,6 @@ IDX_DATASETS = {
     "fashion_mnist": IdxLayout("fashion_mnist", "FashionMNIST", (28, 28), 10),
     "mnist": IdxLayout("mnist", "MNIST", (28, 28), 10),
 }
-DATASET_NAMES = (*IDX_DATASETS, "digits")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    split: str
-    pixels: np.ndarray  # (N, H, W), integer pixels
-    labels: np.ndarray  # (N,), int64 in [0, num_classes)
-    num_classes: int
-    pixel_scale: float
-    sha256: str
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, int(self.pixels.shape[1]), int(self.pixels.shape[2]))
-
-    @cached_property
-    def inputs(self) -> torch.Tensor:
-        """All inputs, N x 1 x H x W float32 in [0, 1]: converted on first use, then kept (4 bytes a pixel)."""
-        scaled = self.pixels.astype(np.float32)
-        scaled /= np.float32(self.pixel_scale)
-        return torch.from_numpy(scaled).unsqueeze(1)
-
-    @cached_property
-    def targets(self) -> torch.Tensor:
-        """The labels as an int64 tensor sharing the array's memory."""
-        return torch.from_numpy(self.labels)
-
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (inputs N x 1 x H x W float32 in [0, 1], labels int64): views, nothing is copied."""
-        if batch_size < 1:
-            raise ValueError("batch size must be positive")
-        inputs, targets = self.inputs, self.targets
-        for start in range(0, len(self), batch_size):
-            yield inputs[start : start + batch_size], targets[start : start + batch_size]
-
-
-def content_sha256(pixels: np.ndarray, labels: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-    return digest.hexdigest()
-
-
-def load_dataset(name: str, data_dir: Path | None, split: str = "test") -> Dataset:
-    """Load a dataset by registry name; cached per process so many checkpoints share one copy."""
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(DATASET_NAMES)})")
-    if split not in SPLIT_PREFIX:
-        raise DatasetError(f"unknown split {split!r}")
-    resolved = data_dir.resolve() if data_dir is not None else None
-    return _load_cached(name, resolved, split)
-
-
-@lru_cache(maxsize=4)
-def _load_cached(name: str, data_dir: Path | None, split: str) -> Dataset:
-    if name == "digits":
-        return load_digits(split)
-    if data_dir is None:
-        raise DatasetMissing(f"dataset {name} needs a data directory (--data-dir or CKPT_EVAL_DATA_DIR)")
-    return load_idx_dataset(IDX_DATASETS[name], data_dir, split)
-
-
-def load_digits(split: str = "test") -> Dataset:
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    pixels = bunch.images.astype(np.uint8)  # values 0..16
-    labels = bunch.target.astype(np.int64)
-    is_test = np.arange(len(labels)) % DIGITS_TEST_EVERY == 0
-    mask = is_test if split == "test" else ~is_test
-    pixels, labels = pixels[mask], labels[mask]
-    return Dataset("digits", split, pixels, labels, 10, 16.0, content_sha256(pixels, labels))
 
 
 def find_idx_file(layout: IdxLayout, data_dir: Path, stem: str) -> Path:
@@ -176,18 +92,24 @@ def parse_idx(data: bytes, expected_magic: int, source: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_idx_dataset(layout: IdxLayout, data_dir: Path, split: str = "test") -> Dataset:
+def load_idx_dataset(layout: IdxLayout, data_dir: Path, split: str = "test", name: str | None = None) -> ArrayDataset:
     prefix = SPLIT_PREFIX[split]
     images_path = find_idx_file(layout, data_dir, f"{prefix}-images-idx3-ubyte")
     labels_path = find_idx_file(layout, data_dir, f"{prefix}-labels-idx1-ubyte")
     pixels = parse_idx(read_idx_bytes(images_path), IDX_IMAGES_MAGIC, str(images_path))
     labels = parse_idx(read_idx_bytes(labels_path), IDX_LABELS_MAGIC, str(labels_path))
-    return build_idx_dataset(layout, split, pixels, labels, str(images_path), str(labels_path))
+    return build_idx_dataset(layout, split, pixels, labels, str(images_path), str(labels_path), name)
 
 
 def build_idx_dataset(
-    layout: IdxLayout, split: str, pixels: np.ndarray, labels: np.ndarray, images_source: str, labels_source: str
-) -> Dataset:
+    layout: IdxLayout,
+    split: str,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    images_source: str,
+    labels_source: str,
+    name: str | None = None,
+) -> ArrayDataset:
     if tuple(pixels.shape[1:]) != layout.image_size:
         height, width = layout.image_size
         raise DatasetError(
@@ -202,14 +124,16 @@ def build_idx_dataset(
         raise DatasetError(f"{layout.name}: {images_source} holds no images")
     if labels.max() >= layout.num_classes:
         raise DatasetError(f"{labels_source}: label {int(labels.max())} is out of range 0..{layout.num_classes - 1}")
-    return Dataset(
-        layout.name,
-        split,
-        pixels,
-        labels.astype(np.int64),
-        layout.num_classes,
-        255.0,
-        content_sha256(pixels, labels),
+    return ArrayDataset(
+        name=name or layout.name,
+        kind="idx",
+        split=split,
+        features=pixels,
+        labels=labels.astype(np.int64),
+        num_classes=layout.num_classes,
+        scale=255.0,
+        sample_shape=(1, *layout.image_size),
+        sha256=content_sha256(pixels, labels),
     )
 
 
