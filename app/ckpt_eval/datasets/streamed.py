@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
+from ..text import quoted
 from .tabular import Layout, MultisetHash, parse_chunk, record_chunks
 
 if TYPE_CHECKING:
@@ -41,15 +42,20 @@ class StreamedDataset:
 
     def _records(self, hasher: MultisetHash) -> Iterator[tuple[int, list[bytes]]]:
         row = 1
-        with self._open_blocks() as blocks:
-            for records in record_chunks(blocks, self.layout.what):
-                if self.kind == "csv":  # a blank line in a file is no row
-                    records = [r for r in records if r not in (b"", b"\r")]
-                    if not records:
-                        continue
-                hasher.add(records)
-                yield row, records
-                row += len(records)
+        try:
+            with self._open_blocks() as blocks:
+                for records in record_chunks(blocks, self.layout.what):
+                    if self.kind == "csv":  # a blank line in a file is no row
+                        records = [r for r in records if r not in (b"", b"\r")]
+                        if not records:
+                            continue
+                    hasher.add(records)
+                    yield row, records
+                    row += len(records)
+        except DatasetError as exc:  # the reader's errors name the table, not the dataset
+            if str(exc).startswith(self.layout.what):
+                raise
+            raise DatasetError(f"dataset {quoted(self.name, 60)}: {exc}") from None
 
     def fingerprint(self) -> str:
         """The fingerprint of the last complete pass, or of a hashing-only pass when none was made."""

@@ -91,7 +91,7 @@ def record_chunks(blocks: Iterable[bytes], what: str, first_row: int = 1) -> Ite
             row += len(chunk)
             yield chunk
     if buffer:
-        records, rest = _split_records(bytes(buffer) + b"\n")
+        records, rest = _split_records(bytes(buffer) if buffer.endswith(b"\n") else bytes(buffer) + b"\n")
         if rest:
             raise DatasetError(f"{what}: row {row + len(records)} ends inside a quoted field")
         for start in range(0, len(records), CHUNK_ROWS):
@@ -139,7 +139,6 @@ def parse_chunk(records: list[bytes], layout: Layout, first_row: int) -> tuple[n
             na_filter=True,
             skip_blank_lines=False,
             engine="c",
-            float_precision="round_trip",
         )
     except (ValueError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{layout.what}: rows {first_row}..{first_row + len(records) - 1}: {exc}") from None
@@ -159,7 +158,8 @@ def _features(frame: pd.DataFrame, records: list[bytes], layout: Layout, first_r
     if all(dtype.kind in "fiu" for dtype in block.dtypes):
         values = block.to_numpy(dtype=np.float64)
         if np.isfinite(values).all():
-            result = values.astype(np.float32)
+            with np.errstate(over="ignore"):
+                result = values.astype(np.float32)
             if np.isfinite(result).all():
                 return result
     # Something is wrong: find the first bad value in read order (then column order) and name it.
