@@ -29,7 +29,7 @@ SPLITS = ("test", "train")
 IDX_LAYOUTS = ("fashion_mnist", "mnist")
 MAX_COLUMNS = 10_000
 MAX_NAME = 63  # PostgreSQL's identifier length
-_IDENTIFIER = re.compile(r"^[^\x00-\x1f\x7f]{1,63}$")
+_IDENTIFIER = re.compile(r"[^\x00-\x1f\x7f]{1,63}")
 
 # reader(source, columns): a context manager yielding raw CSV blocks (not line aligned) of
 # COPY (SELECT columns FROM source) TO STDOUT WITH (FORMAT csv); DatasetError for a missing table,
@@ -86,7 +86,7 @@ class DatasetDefinition:
             raise DatasetError(f"{what}: kind table needs its feature columns")
         columns = (*(self.feature_columns or ()), self.label_column)
         for column in columns:
-            if not _IDENTIFIER.match(column):
+            if not _IDENTIFIER.fullmatch(column):
                 raise DatasetError(f"{what}: column name {quoted(column, 80)} is empty, too long or has controls")
         if len(set(columns)) != len(columns):
             duplicate = next(c for c in columns if columns.count(c) > 1)
@@ -110,7 +110,7 @@ def _check_relative_path(what: str, source: str) -> None:
 
 def _check_table_name(what: str, source: str) -> None:
     parts = source.split(".")
-    if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
         raise DatasetError(f"{what}: source {quoted(source, 120)} must be a table name or schema.table")
 
 

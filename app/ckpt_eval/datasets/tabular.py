@@ -111,8 +111,8 @@ class Layout:
     width: int | None = None  # fields per record when only some are used (CSV files); None: exactly these
 
     @property
-    def usecols(self) -> list[int] | None:
-        return None if self.width is None else sorted((*self.feature_positions, self.label_position))
+    def fields(self) -> int:
+        return self.width or len(self.feature_positions) + 1
 
 
 def _field(record: bytes, position: int) -> str | None:
@@ -132,7 +132,6 @@ def parse_chunk(records: list[bytes], layout: Layout, first_row: int) -> tuple[n
         frame = pd.read_csv(
             io.BytesIO(data),
             header=None,
-            usecols=layout.usecols,
             dtype={label: str},
             keep_default_na=False,
             na_values=[""],
@@ -142,10 +141,9 @@ def parse_chunk(records: list[bytes], layout: Layout, first_row: int) -> tuple[n
         )
     except (ValueError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{layout.what}: rows {first_row}..{first_row + len(records) - 1}: {exc}") from None
-    if len(frame) != len(records) or (layout.width is None and frame.shape[1] != len(layout.feature_positions) + 1):
+    if frame.shape != (len(records), layout.fields):
         raise DatasetError(
-            f"{layout.what}: rows {first_row}..{first_row + len(records) - 1} do not have "
-            f"{layout.width or len(layout.feature_positions) + 1} fields each"
+            f"{layout.what}: rows {first_row}..{first_row + len(records) - 1} do not have {layout.fields} fields each"
         )
     features = _features(frame, records, layout, first_row)
     labels = _labels(frame[label], layout, first_row)
