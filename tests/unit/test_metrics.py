@@ -15,7 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 from torch import nn
 
 import ckpt_eval.datasets
@@ -28,6 +35,7 @@ from ckpt_eval.isolation import CheckpointParser
 from ckpt_eval.metrics import (
     DEFAULT_MIN_ACCURACY,
     DEFAULT_MIN_F1_MACRO,
+    BinaryScores,
     Gate,
     MetricAccumulator,
     Metrics,
@@ -529,3 +537,116 @@ def test_save_checkpoint_safetensors_loads(tmp_path: Path, digits, trained, pars
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
     assert evaluate_model(loaded.model, digits, DIGITS_MLP) == evaluate_model(trained, digits, DIGITS_MLP)
+
+
+# --------------------------------------------------------------------------- binary tasks: ROC AUC and log loss
+
+
+def sklearn_binary(labels: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    probabilities = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+    return roc_auc_score(labels, probabilities[:, 1]), log_loss(labels, probabilities, labels=[0, 1])
+
+
+def accumulate(labels: np.ndarray, logits: np.ndarray, batch: int = 64) -> Metrics:
+    accumulator = MetricAccumulator(2)
+    for start in range(0, len(labels), batch):
+        part, scores = labels[start : start + batch], logits[start : start + batch]
+        accumulator.update(part, scores.argmax(axis=1), 0.0, scores)
+    return accumulator.result()
+
+
+def noisy_case(seed: int, n: int = 2000, decimals: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    logits = rng.normal(size=(n, 2)).astype(np.float32)
+    logits[:, 1] += labels * 1.2
+    if decimals is not None:  # coarse scores: many exact ties
+        logits = np.round(logits, decimals)
+    return labels, logits
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_auc_and_log_loss_match_sklearn(seed: int) -> None:
+    labels, logits = noisy_case(seed)
+    metrics = accumulate(labels, logits)
+    auc, loss = sklearn_binary(labels, logits)
+    scores = BinaryScores()
+    scores.update(labels, logits)
+    bound = scores.auc_error_bound()
+    assert bound < 1e-3
+    assert abs(metrics.roc_auc - auc) <= bound + 1e-12
+    assert metrics.roc_auc == pytest.approx(auc, abs=1e-4)
+    assert metrics.log_loss == pytest.approx(loss, rel=1e-9)
+    overall = [(m, v) for m, c, v in metrics.rows() if c == ""]
+    assert overall[-2:] == [("roc_auc", metrics.roc_auc), ("log_loss", metrics.log_loss)]
+
+
+@pytest.mark.parametrize("decimals", [0, 1])
+def test_binary_ties_are_exact(decimals: int) -> None:
+    labels, logits = noisy_case(7, decimals=decimals)
+    logits[:, 0] = 0.0  # the log-odds are then the rounded values themselves: few distinct, exact ties
+    auc, loss = sklearn_binary(labels, logits)
+    metrics = accumulate(labels, logits)
+    assert metrics.roc_auc == pytest.approx(auc, abs=1e-12)
+    assert metrics.log_loss == pytest.approx(loss, rel=1e-9)
+
+
+def test_one_class_batches_give_the_same_figures() -> None:
+    labels, logits = noisy_case(3, n=1000)
+    order = np.argsort(labels, kind="stable")  # every batch holds one class only
+    sorted_metrics = accumulate(labels[order], logits[order], batch=50)
+    auc, loss = sklearn_binary(labels, logits)
+    assert sorted_metrics.roc_auc == pytest.approx(auc, abs=1e-4)
+    assert sorted_metrics.roc_auc == accumulate(labels, logits, batch=1000).roc_auc
+    assert sorted_metrics.log_loss == pytest.approx(loss, rel=1e-9)
+
+
+@pytest.mark.parametrize(("scale", "expected_auc"), [(5.0, 1.0), (-5.0, 0.0), (60.0, 1.0), (-60.0, 0.0)])
+def test_perfect_and_inverted_models(scale: float, expected_auc: float) -> None:
+    labels = np.array([0, 1] * 100)
+    logits = np.zeros((200, 2), dtype=np.float32)
+    logits[:, 1] = (labels * 2 - 1) * scale + np.linspace(0, 1, 200)
+    auc, loss = sklearn_binary(labels, logits)
+    metrics = accumulate(labels, logits)
+    assert metrics.roc_auc == auc == expected_auc
+    assert metrics.log_loss == pytest.approx(loss, rel=1e-9)  # clipped at float64's eps as scikit-learn does
+
+
+def test_one_class_only_has_no_auc_row() -> None:
+    labels = np.zeros(30, dtype=np.int64)
+    logits = np.random.default_rng(0).normal(size=(30, 2))
+    metrics = accumulate(labels, logits)
+    assert metrics.roc_auc is None
+    assert metrics.log_loss == pytest.approx(
+        log_loss(labels, torch.softmax(torch.from_numpy(logits), 1), labels=[0, 1])
+    )
+    assert "roc_auc" not in {m for m, _, _ in metrics.rows()}
+
+
+def test_non_finite_logits_make_nan_figures() -> None:
+    labels, logits = noisy_case(1, n=100)
+    logits[5, 1] = np.nan
+    metrics = accumulate(labels, logits)
+    assert math.isnan(metrics.roc_auc)
+    assert math.isnan(metrics.log_loss)
+
+
+def test_multi_class_rows_stay_as_they_were(digits, tiny_model) -> None:
+    rows = evaluate_model(tiny_model, digits, DIGITS_MLP).rows()
+    assert {m for m, c, _ in rows if c == ""} == {
+        "loss",
+        "accuracy",
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "recall_macro",
+    }
+
+
+def test_binary_memory_does_not_grow_with_samples() -> None:
+    scores = BinaryScores()
+    before = scores._counts.nbytes
+    labels, logits = noisy_case(2, n=20_000)
+    for start in range(0, 20_000, 1000):
+        scores.update(labels[start : start + 1000], logits[start : start + 1000])
+    assert scores._counts.nbytes == before == 2 * BinaryScores.BINS * 8
