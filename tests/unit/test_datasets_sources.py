@@ -399,3 +399,10 @@ def test_multiset_hash() -> None:
     split.add(rows[:1])
     split.add(rows[1:])
     assert split.hexdigest() == digest(rows)
+
+
+def test_the_cache_ignores_the_stored_fingerprint() -> None:
+    # A run updates the registry's fingerprint; the next pair on the same dataset reuses the loaded copy.
+    first = open_dataset(DatasetDefinition("digits", "digits"), None)
+    again = open_dataset(DatasetDefinition("digits", "digits", fingerprint=first.fingerprint()), None)
+    assert again is first

@@ -63,21 +63,21 @@ def open_dataset(
         return open_table(definition, read_table)
     if definition.kind == "csv":
         return open_csv(definition, data_dir)
-    return _load_cached(definition, data_dir.resolve() if data_dir is not None else None)
+    resolved = data_dir.resolve() if data_dir is not None else None
+    # Keyed on what the content depends on (not on the stored fingerprint, which a run updates).
+    return _load_cached(definition.name, definition.kind, definition.source, definition.split, resolved)
 
 
 @lru_cache(maxsize=8)
-def _load_cached(definition: DatasetDefinition, data_dir: Path | None) -> ArrayDataset:
-    if definition.kind == "digits":
-        return load_digits(definition.split, definition.name)
-    if definition.kind == "breast_cancer":
-        return load_breast_cancer(definition.split, definition.name)
-    layout = IDX_DATASETS[str(definition.source)]
+def _load_cached(name: str, kind: str, source: str | None, split: str, data_dir: Path | None) -> ArrayDataset:
+    if kind == "digits":
+        return load_digits(split, name)
+    if kind == "breast_cancer":
+        return load_breast_cancer(split, name)
+    layout = IDX_DATASETS[str(source)]
     if data_dir is None:
-        raise DatasetMissing(
-            f"dataset {quoted(definition.name, 60)} needs a data directory (--data-dir or CKPT_EVAL_DATA_DIR)"
-        )
-    return load_idx_dataset(layout, data_dir, definition.split, definition.name)
+        raise DatasetMissing(f"dataset {quoted(name, 60)} needs a data directory (--data-dir or CKPT_EVAL_DATA_DIR)")
+    return load_idx_dataset(layout, data_dir, split, name)
 
 
 def load_dataset(name: str, data_dir: Path | None, split: str = "test") -> EvaluationData:
