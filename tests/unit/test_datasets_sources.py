@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -406,3 +408,10 @@ def test_the_cache_ignores_the_stored_fingerprint() -> None:
     first = open_dataset(DatasetDefinition("digits", "digits"), None)
     again = open_dataset(DatasetDefinition("digits", "digits", fingerprint=first.fingerprint()), None)
     assert again is first
+
+
+def test_image_runs_do_not_import_pandas() -> None:
+    # pandas costs about half a second of start-up; only runs that stream rows (csv, table) import it.
+    code = "import sys, ckpt_eval.job, ckpt_eval.train, ckpt_eval.db.table_reader; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

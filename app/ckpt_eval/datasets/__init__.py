@@ -19,7 +19,6 @@ from .builtin import DIGITS_TEST_EVERY, load_breast_cancer, load_digits
 from .definition import KINDS, DatasetDefinition, EvaluationData, TableReader, describe_shape
 from .idx import IDX_DATASETS, load_idx_dataset, write_idx
 from .memory import ArrayDataset, content_sha256
-from .sources import open_csv, open_table
 
 __all__ = [
     "BUILTIN_DEFINITIONS",
@@ -59,10 +58,10 @@ def open_dataset(
 ) -> EvaluationData:
     """The dataset a definition names, validated; in-memory kinds come from a per-process cache."""
     definition.validate()
-    if definition.kind == "table":
-        return open_table(definition, read_table)
-    if definition.kind == "csv":
-        return open_csv(definition, data_dir)
+    if definition.kind in ("table", "csv"):
+        from .sources import open_csv, open_table  # pandas only for the runs that stream rows (0.5 s import)
+
+        return open_table(definition, read_table) if definition.kind == "table" else open_csv(definition, data_dir)
     resolved = data_dir.resolve() if data_dir is not None else None
     # Keyed on what the content depends on (not on the stored fingerprint, which a run updates).
     return _load_cached(definition.name, definition.kind, definition.source, definition.split, resolved)
