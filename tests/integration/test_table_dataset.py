@@ -336,3 +336,23 @@ def test_fingerprint_follows_content_not_order(db: Deployment) -> None:
     appended = fingerprint(db)
     assert appended not in (original, changed)
     assert int(appended[32:], 16) == 121
+
+
+def test_views_timeouts_and_failing_values(db: Deployment) -> None:
+    features, labels = sonar_rows(seed=4, n=20)
+    create_table(db, "readings", features, labels)
+    with db.superuser() as conn:
+        conn.execute("CREATE VIEW sonar.recent AS SELECT * FROM sonar.readings WHERE freq_01 < 0.3")
+        conn.execute("CREATE VIEW sonar.slow AS SELECT r.* FROM sonar.readings r, (SELECT pg_sleep(3)) s")
+        conn.execute("CREATE VIEW sonar.broken AS SELECT r.*, 1 / 0 AS oops FROM sonar.readings r")
+        conn.execute("GRANT SELECT ON sonar.recent, sonar.slow, sonar.broken TO ckpt_eval_app")
+    recent = open_dataset(definition("sonar.recent"), None, CountingReader(db))
+    inputs = torch.cat([x for x, _ in recent.batches(8)])
+    assert torch.equal(inputs, torch.from_numpy(features[features[:, 0] < 0.3].astype(np.float32)))
+
+    impatient = open_table_reader(app_connect(db), timeout_ms=500)
+    with pytest.raises(DatasetError, match=r"table 'sonar.slow' took longer than the statement timeout \(500 ms\)"):
+        list(open_dataset(definition("sonar.slow"), None, impatient).batches(8))
+    broken = definition("sonar.broken", feature_columns=(*FEATURES[:-1], "oops"))
+    with pytest.raises(DatasetError, match=r"reading table 'sonar.broken' failed on a value: division by zero"):
+        list(open_dataset(broken, None, CountingReader(db)).batches(8))

@@ -80,9 +80,11 @@ def open_table_reader(connect: Callable[[], psycopg.Connection], *, timeout_ms: 
     @contextmanager
     def read(source: str, columns: Sequence[str]) -> Iterator[Iterable[bytes]]:
         statement = copy_statement(source, columns)
-        connection = connect()
-        role = _role(connection)
+        connection: psycopg.Connection | None = None
+        role = "the app role"
         try:
+            connection = connect()
+            role = _role(connection)
             with connection.transaction():
                 connection.execute(sql.TABLE_READ_ONLY)
                 connection.execute(sql.TABLE_FLOAT_DIGITS)
@@ -98,7 +100,8 @@ def open_table_reader(connect: Callable[[], psycopg.Connection], *, timeout_ms: 
                 raise DatabaseUnavailable(str(translated)) from None
             raise translated from None
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
     def reader(source: str, columns: Sequence[str]) -> AbstractContextManager[Iterable[bytes]]:
         return read(source, columns)
