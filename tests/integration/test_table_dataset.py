@@ -4,8 +4,11 @@ the same rows; every bad input gives its DatasetError; the fingerprint follows t
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -356,3 +359,21 @@ def test_views_timeouts_and_failing_values(db: Deployment) -> None:
     broken = definition("sonar.broken", feature_columns=(*FEATURES[:-1], "oops"))
     with pytest.raises(DatasetError, match=r"reading table 'sonar.broken' failed on a value: division by zero"):
         list(open_dataset(broken, None, CountingReader(db)).batches(8))
+
+
+def test_the_table_memory_bench_runs_end_to_end() -> None:
+    # Tiny sizes, so that bench/table_memory.py cannot rot; its figures are never asserted.
+    repo = Path(__file__).resolve().parents[2]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.table_memory", "--rows", "300", "600"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "evaluate peak RSS bench.t600 / bench.t300:" in completed.stdout
+    assert "bench.t600: evaluation takes" in completed.stdout
+    evaluated = [line.split()[1] for line in completed.stdout.splitlines() if line.startswith("evaluate ")]
+    assert evaluated[:2] == ["300", "600"]
