@@ -33,7 +33,9 @@ def kill_all(workers: list[Worker]) -> None:
 
 
 def our_checkpoints(deployment: Deployment) -> dict[int, str]:
-    rows = deployment.rows("SELECT checkpoint_id, status FROM ckpt_eval.checkpoints WHERE name LIKE 'ckpt-%'")
+    rows = deployment.rows(
+        "SELECT checkpoint_id, status FROM ckpt_eval.evaluations WHERE checkpoint_name LIKE 'ckpt-%'"
+    )
     return {int(checkpoint_id): status for checkpoint_id, status in rows}
 
 
@@ -185,7 +187,7 @@ def test_force_reruns_while_workers_run(deployment: Deployment, tmp_path: Path, 
     )
     # A requeue stamps requested_at; the ones before the last first-pass result overlapped the workers.
     overlapped = deployment.rows(
-        "SELECT count(*) FROM ckpt_eval.checkpoints WHERE name LIKE 'ckpt-%' AND requested_at > registered_at "
+        "SELECT count(*) FROM ckpt_eval.evaluations WHERE checkpoint_name LIKE 'ckpt-%' AND requested_at > attached_at "
         "AND requested_at < (SELECT max(finished_at) FROM ckpt_eval.evaluation_runs WHERE attempt = 1)"
     )[0][0]
     figure(
