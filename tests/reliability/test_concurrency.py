@@ -92,6 +92,45 @@ def test_four_workers_evaluate_each_checkpoint_once(deployment: Deployment, figu
     )
 
 
+@pytest.mark.scenario(
+    "4 workers, 100 checkpoints x 2 datasets",
+    "pairs: every (checkpoint, dataset) ends with exactly one succeeded run; adoption races are harmless",
+)
+def test_four_workers_evaluate_each_pair_once(deployment: Deployment, figure) -> None:
+    pairs_wanted = 100
+    deployment.sql("INSERT INTO ckpt_eval.datasets (name, kind, split) VALUES ('digits_train', 'digits', 'train')")
+    register_many(deployment, pairs_wanted, prefix="pair")  # adopted as pairs on digits by the first runs
+    deployment.sql(
+        "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) "
+        "SELECT name, 'digits_train', checkpoint_id FROM ckpt_eval.checkpoints WHERE name LIKE 'pair-%'"
+    )
+    finish_demo_checkpoints(deployment)
+    started = time.monotonic()
+    workers = [start_worker(deployment, "--log-level", "debug") for _ in range(WORKERS)]
+    try:
+        results = wait_all(workers)
+    finally:
+        kill_all(workers)
+    wall = time.monotonic() - started
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    rows = deployment.rows(
+        "SELECT e.checkpoint_name, e.dataset, e.status, count(r.run_id), "
+        "count(r.run_id) FILTER (WHERE r.status = 'succeeded') FROM ckpt_eval.evaluations e "
+        "LEFT JOIN ckpt_eval.evaluation_runs r ON r.checkpoint_id = e.checkpoint_id AND r.dataset = e.dataset "
+        "WHERE e.checkpoint_name LIKE 'pair-%' GROUP BY 1, 2, 3"
+    )
+    assert len(rows) == 2 * pairs_wanted
+    assert [row for row in rows if row[2:] != ["done", "1", "1"]] == []
+    assert_one_run_per_claim(deployment)
+    adopted = sum(len(re.findall(r"made (\d+) \(checkpoint, dataset\) pair", r.stderr)) for r in results)
+    figure(
+        f"wall {wall:.1f} s for {2 * pairs_wanted} pairs; adopted by {adopted} of {WORKERS} workers; "
+        f"{sum(r.stderr.count(LOST_RACE) for r in results)} lost races"
+    )
+
+
 class GatedRerun:
     """A `ckpt-eval run --force` whose vault password comes on stdin: the process starts and waits for
     it (stdin held open, within a generous CKPT_EVAL_STDIN_TIMEOUT); writing the password and closing
