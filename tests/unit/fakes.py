@@ -153,3 +153,48 @@ class FakeRepository:
         state = self.pairs[(claim.name, claim.dataset)]
         if state.lease_token == claim.lease_token:
             state.status, state.lease_token, state.lease_owner, state.lease_expires_at = "pending", None, None, None
+
+
+class FakeRegistry(FakeRepository):
+    """The FakeRepository plus what the registry commands use, as a context manager like Repository."""
+
+    def __enter__(self) -> FakeRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_schema(self) -> int:
+        return 3
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return [self.datasets_by_name[name] for name in sorted(self.datasets_by_name)]
+
+    def dataset_pairs(self, name: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "checkpoint_id": p.checkpoint_id,
+                "checkpoint_name": p.checkpoint_name,
+                "status": p.status,
+                "dataset_fingerprint": p.dataset_fingerprint,
+            }
+            for p in self.pairs.values()
+            if p.dataset == name
+        ]
+
+    def add_dataset(self, definition: dict[str, Any]) -> None:
+        if definition["name"] in self.datasets_by_name:
+            raise UsageError(f"a dataset named '{definition['name']}' is already registered")
+        self.datasets_by_name[definition["name"]] = dict(definition)
+
+    def attach(self, checkpoint: str, dataset: str) -> tuple[int, str]:
+        self.check_datasets_exist([dataset])
+        row = self.checkpoints.get(checkpoint) or next(
+            (r for r in self.checkpoints.values() if str(r["checkpoint_id"]) == checkpoint), None
+        )
+        if row is None:
+            raise UsageError(f"no checkpoint named or numbered '{checkpoint}'")
+        if (row["name"], dataset) in self.pairs:
+            raise UsageError("already attached")
+        self.pairs[(row["name"], dataset)] = Pair(row["name"], dataset, row["checkpoint_id"])
+        return row["checkpoint_id"], row["name"]
