@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ckpt_eval import __version__
+from ckpt_eval.architectures import build_model
 from ckpt_eval.checkpoints import sha256_file
 from ckpt_eval.config import Settings, Worker
+from ckpt_eval.datasets import write_idx
 from ckpt_eval.isolation import CheckpointParser, ParseLimits
 from ckpt_eval.job import Job, Selection
 from tests.unit.fakes import FakeRepository
@@ -34,8 +38,13 @@ def repository() -> FakeRepository:
     return fake
 
 
-def run_job(repository: FakeRepository, parser: CheckpointParser, selection: Selection | None = None):
-    settings = Settings(checkpoint_root=CHECKPOINTS, data_dir=None)
+def run_job(
+    repository: FakeRepository,
+    parser: CheckpointParser,
+    selection: Selection | None = None,
+    settings: Settings | None = None,
+):
+    settings = settings or Settings(checkpoint_root=CHECKPOINTS, data_dir=None)
     job = Job(settings, repository, lambda: repository, parser, worker=Worker("test", 1, "x"))  # type: ignore[arg-type]
     return job.run(selection or Selection())
 
@@ -69,16 +78,31 @@ def test_a_pair_on_an_unregistered_dataset_fails_only_its_own_run(repository: Fa
     assert not summary.all_passed
 
 
-def test_a_new_dataset_version_queues_its_finished_pairs_again(repository: FakeRepository, parser) -> None:
-    repository.add_checkpoint("good", GOOD, "digits_mlp", sha256_file(CHECKPOINTS / GOOD), ["digits", "digits_train"])
-    run_job(repository, parser)
-    # As if digits had changed since: its pair was evaluated on another version.
+def test_a_new_dataset_version_queues_its_finished_pairs_again(
+    repository: FakeRepository, parser, tmp_path: Path
+) -> None:
+    root, data = tmp_path / "checkpoints", tmp_path / "data"
+    root.mkdir()
+    torch.manual_seed(0)
+    torch.save(build_model("fashion_cnn").state_dict(), root / "cnn.pt")
+    (root / GOOD).write_bytes((CHECKPOINTS / GOOD).read_bytes())
+    rng = np.random.default_rng(0)
+    write_idx(data / "mnist" / "t10k-images-idx3-ubyte", rng.integers(0, 255, size=(32, 28, 28)))
+    write_idx(data / "mnist" / "t10k-labels-idx1-ubyte", rng.integers(0, 10, size=32))
+    repository.add_dataset_row("mnist", "idx", source="mnist")
+    repository.add_checkpoint("cnn", "cnn.pt", "fashion_cnn", sha256_file(root / "cnn.pt"), ["mnist"])
+    repository.add_checkpoint("good", GOOD, "digits_mlp", sha256_file(root / GOOD), ["digits"])
+    settings = Settings(checkpoint_root=root, data_dir=data)
+    assert len(run_job(repository, parser, settings=settings).outcomes) == 2
+    assert run_job(repository, parser, settings=settings).outcomes == ()
+
+    # As if both datasets had changed since: their pairs were evaluated on other versions.
+    repository.pairs[("cnn", "mnist")].dataset_fingerprint = "0" * 64
     repository.pairs[("good", "digits")].dataset_fingerprint = "0" * 64
-    summary = run_job(repository, parser)
-    assert [(o.name, o.dataset) for o in summary.outcomes] == [("good", "digits")]
-    assert repository.pairs[("good", "digits")].attempt == 2
-    assert repository.pairs[("good", "digits_train")].attempt == 1
-    assert repository.datasets_by_name["digits"]["fingerprint"] == repository.runs[-1][1].dataset_sha256
+    summary = run_job(repository, parser, settings=settings)
+    assert [(o.name, o.dataset) for o in summary.outcomes] == [("cnn", "mnist")], "embedded data is not re-read"
+    assert repository.pairs[("cnn", "mnist")].attempt == 2
+    assert repository.datasets_by_name["mnist"]["fingerprint"] == repository.runs[-1][1].dataset_sha256
 
 
 def test_dataset_selection_and_force_touch_only_the_selected_pairs(repository: FakeRepository, parser) -> None:
