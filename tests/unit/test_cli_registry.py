@@ -67,3 +67,9 @@ def test_attach_by_name_or_id(registry: FakeRegistry, capsys) -> None:
     assert registry.pairs[("good", "digits_train")].status == "pending"
     assert cli.main(["attach", "good", "digits_train"]) == 2
     assert cli.main(["attach", "good", "imagenet"]) == 2
+
+
+@pytest.mark.parametrize("handle", ["²", "9" * 5000, "1\n", "-1"])
+def test_attach_with_an_odd_handle_is_a_usage_error_not_a_crash(registry: FakeRegistry, capsys, handle) -> None:
+    assert cli.main(["attach", handle, "digits"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
