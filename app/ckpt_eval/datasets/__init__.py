@@ -34,7 +34,9 @@ __all__ = [
     "TableReader",
     "check_compatible",
     "content_sha256",
+    "load_breast_cancer",
     "load_dataset",
+    "load_digits",
     "open_dataset",
     "write_idx",
 ]
