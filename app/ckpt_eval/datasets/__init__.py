@@ -16,7 +16,7 @@ from ..architectures import Architecture
 from ..errors import CheckpointError, DatasetError, DatasetMissing
 from ..text import quoted
 from .builtin import DIGITS_TEST_EVERY, load_breast_cancer, load_digits
-from .definition import KINDS, DatasetDefinition, EvaluationData, TableReader, describe_shape
+from .definition import IN_MEMORY_KINDS, KINDS, DatasetDefinition, EvaluationData, TableReader, describe_shape
 from .idx import IDX_DATASETS, load_idx_dataset, write_idx
 from .memory import ArrayDataset, content_sha256
 
@@ -24,6 +24,7 @@ __all__ = [
     "BUILTIN_DEFINITIONS",
     "DATASET_NAMES",
     "DIGITS_TEST_EVERY",
+    "IN_MEMORY_KINDS",
     "KINDS",
     "ArrayDataset",
     "DatasetDefinition",
