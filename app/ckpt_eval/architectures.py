@@ -310,9 +310,7 @@ def _info(name: str) -> list[ArchitectureInfo]:
         return []
     if len(publishers) == 1:
         return [loaded]
-    return [
-        ArchitectureInfo(name, p.package, p.version, p.entry_point.value, error=loaded.error) for p in publishers
-    ]
+    return [ArchitectureInfo(name, p.package, p.version, p.entry_point.value, error=loaded.error) for p in publishers]
 
 
 def installed() -> list[ArchitectureInfo]:

@@ -112,7 +112,9 @@ def encode_layout(layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> 
     for key, (shape, dtype) in layout.items():
         name = str(dtype).removeprefix("torch.")
         if name not in LAYOUT_DTYPES:
-            raise CheckpointError(f"the architecture's entry {quoted(key, 60)} has dtype {name}, which is not supported")
+            raise CheckpointError(
+                f"the architecture's entry {quoted(key, 60)} has dtype {name}, which is not supported"
+            )
         encoded.append([key, [int(n) for n in shape], name])
     return encoded
 
@@ -345,7 +347,7 @@ class CheckpointParser:
         encoded = json.dumps(request).encode()
         if len(encoded) > MAX_REQUEST_HEADER_BYTES:
             raise CheckpointError(
-                f"architecture {quoted(arch, 60)}: its layout ({len(layout)} entries) is too large to send to the parser"
+                f"architecture {quoted(arch, 60)}: its layout ({len(layout)} entries) is too large for the parser"
             )
         pipe = self._ensure_ready()
         started = time.monotonic()

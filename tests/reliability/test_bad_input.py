@@ -243,7 +243,9 @@ def demo_state_dict(deployment: Deployment) -> dict[str, torch.Tensor]:
 
 def unknown_arch(deployment: Deployment, tmp_path: Path) -> list[Expect]:
     deployment.register_row("odd-arch", GOOD_FILE, arch="resnet9000")
-    return [Expect("odd-arch", re.escape("unknown architecture 'resnet9000' (known: digits_mlp, fashion_cnn)"))]
+    return [
+        Expect("odd-arch", r"unknown architecture 'resnet9000' \(installed: breast_cancer_mlp, digits_mlp, fashion_cnn")
+    ]
 
 
 def unknown_dataset(deployment: Deployment, tmp_path: Path) -> list[Expect]:
