@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import math
 import re
 import sys
@@ -33,6 +34,8 @@ from .text import printable, quoted
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ckpt_eval.architectures"
 SUPPORTED_DTYPES = ("float32",)
@@ -246,11 +249,28 @@ _published_cache: dict[str, tuple[_Published, ...]] | None = None
 _loaded: dict[str, ArchitectureInfo] = {}
 
 
-def _distribution(entry_point: metadata.EntryPoint) -> tuple[str, str]:
-    dist = getattr(entry_point, "dist", None)
-    if dist is None:
-        return "unknown", "unknown"
-    return str(dist.metadata["Name"] or dist.name), str(dist.version)
+def _normalised(package: str) -> str:
+    return re.sub(r"[-_.]+", "-", package).lower()
+
+
+def _discover() -> dict[str, tuple[_Published, ...]]:
+    found: dict[str, list[_Published]] = {}
+    seen: set[str] = set()
+    for dist in metadata.distributions():
+        try:
+            package = str(dist.metadata["Name"] or "")
+            # The same package found twice on sys.path: the first one is what Python imports.
+            if package and _normalised(package) in seen:
+                continue
+            seen.add(_normalised(package))
+            entry_points = list(dist.entry_points.select(group=ENTRY_POINT_GROUP))
+            version = str(dist.version)
+        except Exception as exc:  # one unreadable package (bad encoding, ...) must not hide the others
+            log.warning("skipping an installed package whose metadata cannot be read: %s", describe_exception(exc))
+            continue
+        for entry_point in entry_points:
+            found.setdefault(entry_point.name, []).append(_Published(entry_point, package or "unknown", version))
+    return {name: tuple(items) for name, items in found.items()}
 
 
 def _published() -> dict[str, tuple[_Published, ...]]:
@@ -258,11 +278,7 @@ def _published() -> dict[str, tuple[_Published, ...]]:
     global _published_cache
     with _lock:
         if _published_cache is None:
-            found: dict[str, list[_Published]] = {}
-            for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-                package, version = _distribution(entry_point)
-                found.setdefault(entry_point.name, []).append(_Published(entry_point, package, version))
-            _published_cache = {name: tuple(items) for name, items in found.items()}
+            _published_cache = _discover()
         return _published_cache
 
 

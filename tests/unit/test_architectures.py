@@ -329,6 +329,21 @@ def test_a_build_that_raises_fails_the_checkpoint_and_keeps_the_parser(site: Sit
         assert load_checkpoint(root, "m.pt", "digits_mlp", sha, parser).model is not None
 
 
+def test_an_installed_package_with_unreadable_metadata_hides_no_other(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    site.plugin("good-plugin", "good_plugin_mod", "good_arch")
+    info = site.path / "garbled-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: garbled\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_bytes(b"[ckpt_eval.architectures]\nx = \xff\xfe:SPEC\n")
+    architectures.refresh()
+    with caplog.at_level("WARNING", logger="ckpt_eval.architectures"):
+        assert get_architecture("good_arch").package == "good-plugin"
+    assert "metadata cannot be read: UnicodeDecodeError" in caplog.text
+    assert get_architecture("sonar_mlp").package == "ckpt-eval-sonar"
+
+
 # --------------------------------------------------------------------------- validation rules
 
 
