@@ -710,6 +710,55 @@ def train(arch: str, dataset: str, out: Path, epochs: int, seed: int, lr: float,
     click.echo(f"wrote {printable(out)} (sha256 {sha256_file(out)})")
 
 
+@cli.command(epilog=EPILOG)
+@_format_option
+@_logging_options
+def architectures(output_format: str, **options: Any) -> None:
+    """List the installed architectures: their package and version, input, classes, and status.
+
+    Architectures come from installed packages (entry-point group ckpt_eval.architectures). A plugin
+    that fails to load is listed with the reason; only the checkpoints that use it fail. No database
+    or secret is needed.
+    """
+    from .architectures import installed
+    from .report import table, to_json
+
+    _start_logging(options)
+    entries = installed()
+    if output_format == "json":
+        click.echo(to_json({"architectures": [entry.as_dict() for entry in entries]}))
+        return
+    rows = []
+    for entry in entries:
+        spec = entry.architecture.spec if entry.architecture is not None else None
+        classes = None
+        if spec is not None:
+            classes = str(spec.num_classes)
+            if spec.class_names is not None:
+                classes += f" ({', '.join(spec.class_names)})"
+        rows.append(
+            {
+                "name": entry.name,
+                "package": entry.package,
+                "version": entry.version,
+                "input": "x".join(map(str, spec.input.shape)) if spec else None,
+                "classes": classes,
+                "description": spec.description if spec else None,
+                "status": "ok" if entry.ok else "broken (see below)",
+            }
+        )
+    columns = [(key, key) for key in ("name", "package", "version", "input", "classes", "description", "status")]
+    lines = [table(rows, columns) if rows else "no architectures installed"]
+    # The table cuts long cells; a broken plugin's whole reason is what the operator needs to read.
+    lines += [
+        f"{printable(entry.name)} ({printable(entry.package)} {printable(entry.version)}): {entry.status}"
+        for entry in entries
+        if not entry.ok
+    ]
+    text = "\n".join(lines)
+    click.echo(text)
+
+
 def _start_logging(options: dict[str, Any]) -> None:
     logs.configure(options.pop("log_level"), options.pop("log_format"))
 
