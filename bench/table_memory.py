@@ -112,17 +112,8 @@ def run_child(case: str, table: str, cluster, dbname: str, threads: int) -> dict
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the evaluating process")
-    parser.add_argument("--child", nargs=5, metavar=("CASE", "TABLE", "SOCKDIR", "PORT", "DBNAME"))
-    args = parser.parse_args()
-    if args.child:
-        case, table, sockdir, port, dbname = args.child
-        print(json.dumps(child(case, table, sockdir, int(port), dbname, args.threads)))
-        return
-
+def measure(row_counts: list[int], threads: int, progress=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """Its own cluster; per row count a table, then the import, copy and evaluate cases in fresh processes."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.support.pgcluster import PgCluster
 
@@ -136,17 +127,33 @@ def main() -> None:
         cluster.wait_ready()
         cluster.psql("CREATE DATABASE bench")
         base = None
-        for rows in sorted(args.rows):
+        for rows in sorted(row_counts):
             start = time.perf_counter()
             table = create_table(cluster, "bench", rows, base)
             base = base or table
-            print(f"created {table} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            if progress:
+                progress(f"created {table} in {time.perf_counter() - start:.0f} s")
             for case in ("import", "copy", "evaluate"):
-                result = run_child(case, table, cluster, "bench", args.threads)
+                result = run_child(case, table, cluster, "bench", threads)
                 results.append(result)
-                print(json.dumps(result), file=sys.stderr, flush=True)
+                if progress:
+                    progress(json.dumps(result))
     finally:
         cluster.destroy()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the evaluating process")
+    parser.add_argument("--child", nargs=5, metavar=("CASE", "TABLE", "SOCKDIR", "PORT", "DBNAME"))
+    args = parser.parse_args()
+    if args.child:
+        case, table, sockdir, port, dbname = args.child
+        print(json.dumps(child(case, table, sockdir, int(port), dbname, args.threads)))
+        return
+    results = measure(args.rows, args.threads, progress=lambda line: print(line, file=sys.stderr, flush=True))
 
     print(f"{'case':9} {'rows':>9} {'seconds':>8} {'rows/s':>10} {'MB/s':>7} {'peak RSS MB':>12}")
     for r in results:
