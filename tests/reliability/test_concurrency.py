@@ -104,7 +104,7 @@ def test_four_workers_evaluate_each_checkpoint_once(deployment: Deployment, figu
 def test_four_workers_evaluate_each_pair_once(deployment: Deployment, figure) -> None:
     pairs_wanted = 100
     deployment.sql("INSERT INTO ckpt_eval.datasets (name, kind, split) VALUES ('digits_train', 'digits', 'train')")
-    register_many(deployment, pairs_wanted, prefix="pair")  # adopted as pairs on digits by the first runs
+    register_many(deployment, pairs_wanted, prefix="pair", pairs=False)  # adopted as pairs on digits by the workers
     deployment.sql(
         "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) "
         "SELECT name, 'digits_train', checkpoint_id FROM ckpt_eval.checkpoints WHERE name LIKE 'pair-%'"

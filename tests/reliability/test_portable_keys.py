@@ -106,7 +106,7 @@ def test_app_role_cannot_touch_key_sources(deployment: Deployment, figure, case_
 
 
 @pytest.mark.scenario(
-    "Schema 1 -> 2 in place", "a deployment with recorded runs keeps every one; the app role loses sequence USAGE"
+    "Schema 1 -> 3 in place", "a deployment with recorded runs keeps every one; the app role loses sequence USAGE"
 )
 def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp_path: Path, figure) -> None:
     old = new_deployment(cluster, tmp_path, init_sql=INIT_V1)
@@ -129,10 +129,10 @@ def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp
                 "VALUES (%s, 'accuracy', '', 0.9)",
                 (run_id,),
             )
-        conn.execute("UPDATE ckpt_eval.evaluations SET status = 'done' WHERE checkpoint_name LIKE 'digits-mlp-%'")
+        conn.execute("UPDATE ckpt_eval.checkpoints SET status = 'done' WHERE name LIKE 'digits-mlp-%'")
     refused = old.ckpt_eval("run")
     assert refused.returncode == 78, refused.output
-    assert "schema version 1; this ckpt-eval needs 2" in refused.stderr
+    assert "schema version 1; this ckpt-eval needs 3" in refused.stderr
     with old.superuser() as conn:
         before_runs = conn.execute("SELECT * FROM ckpt_eval.evaluation_runs ORDER BY run_id").fetchall()
         before_metrics = conn.execute("SELECT * FROM ckpt_eval.evaluation_metrics ORDER BY 1, 2, 3").fetchall()
@@ -142,10 +142,12 @@ def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp
     cluster.psql(dbname=old.dbname, file=REPO / "init.sql")
     cluster.psql(dbname=old.dbname, file=REPO / "init.sql")  # twice: idempotent
     with old.superuser() as conn:
-        assert conn.execute("SELECT * FROM ckpt_eval.evaluation_runs ORDER BY run_id").fetchall() == before_runs
+        # Every recorded value unchanged; later versions only append columns (schema 3: arch_package, arch_version).
+        kept = conn.execute("SELECT * FROM ckpt_eval.evaluation_runs ORDER BY run_id").fetchall()
+        assert [row[: len(before_runs[0])] for row in kept] == before_runs
         assert conn.execute("SELECT * FROM ckpt_eval.evaluation_metrics ORDER BY 1, 2, 3").fetchall() == before_metrics
         versions = [v for (v,) in conn.execute("SELECT version FROM ckpt_eval.schema_version ORDER BY 1")]
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
     assert all(privileges == [] for privileges in sequence_privileges(old).values())
     rerun = old.ckpt_eval("run", "--force")
     assert rerun.returncode == 3, rerun.output  # the undertrained demo fails its gate, 'nohash' fails to load

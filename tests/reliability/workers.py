@@ -11,13 +11,22 @@ from tests.support.deployment import CKPT_EVAL, Deployment
 DEMO_GOOD = "digits-mlp-good.pt"
 
 
-def register_many(deployment: Deployment, count: int, prefix: str = "ckpt", path: str = DEMO_GOOD) -> None:
-    """Register ``count`` checkpoints pointing at one tiny file (names are unique, paths need not be)."""
+def register_many(
+    deployment: Deployment, count: int, prefix: str = "ckpt", path: str = DEMO_GOOD, pairs: bool = True
+) -> None:
+    """Register ``count`` checkpoints pointing at one tiny file (names are unique, paths need not be),
+    each with its pending pair on digits as `register` makes it (``pairs=False``: rows inserted the
+    version-2 way, which the first run adopts)."""
     sha = deployment.rows("SELECT sha256 FROM ckpt_eval.checkpoints WHERE name = 'digits-mlp-good'")[0][0]
     deployment.sql(
         "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256) "
         f"SELECT '{prefix}-' || g, '{path}', 'digits_mlp', 'digits', '{sha}' FROM generate_series(1, {count}) g"
     )
+    if pairs:
+        deployment.sql(
+            "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) "
+            f"SELECT name, dataset, checkpoint_id FROM ckpt_eval.checkpoints WHERE name LIKE '{prefix}-%'"
+        )
 
 
 def finish_demo_checkpoints(deployment: Deployment) -> None:
