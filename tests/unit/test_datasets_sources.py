@@ -42,6 +42,14 @@ def tabular_arch(features: int, classes: int = 2, names=("R", "M"), mean=0.0, st
 # --------------------------------------------------------------------------- definitions
 
 
+def test_a_builtin_row_may_repeat_the_kinds_own_class_names() -> None:
+    """init.sql seeds breast_cancer with its class names; that row must work."""
+    definition = DatasetDefinition("breast_cancer", "breast_cancer", class_names=("malignant", "benign"))
+    definition.validate()
+    data = open_dataset(definition, None, None)
+    assert data.class_names == ("malignant", "benign")
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -50,7 +58,8 @@ def tabular_arch(features: int, classes: int = 2, names=("R", "M"), mean=0.0, st
         ({"kind": "idx", "source": "mnist", "split": "validation"}, "unknown split 'validation'"),
         ({"kind": "digits", "source": "x.csv"}, "built in and takes no source"),
         ({"kind": "digits", "label_column": "y"}, "takes no feature or label columns"),
-        ({"kind": "breast_cancer", "class_names": ("a", "b")}, "has its own class names"),
+        ({"kind": "breast_cancer", "class_names": ("a", "b")}, "has its own class names (malignant, benign)"),
+        ({"kind": "digits", "class_names": ("a", "b")}, "has its own class names (class indices)"),
         ({"kind": "csv", "label_column": "y"}, "needs a source"),
         ({"kind": "csv", "source": "/etc/passwd", "label_column": "y"}, "relative to the data directory"),
         ({"kind": "csv", "source": "a/../../x.csv", "label_column": "y"}, "contains '..'"),

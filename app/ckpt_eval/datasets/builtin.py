@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .definition import BUILTIN_CLASS_NAMES
 from .memory import ArrayDataset, content_sha256, float_content_sha256
 
 DIGITS_TEST_EVERY = 4  # test split: samples whose index % 4 == 0 (450 of 1797 digits, 143 of 569 tumours)
-BREAST_CANCER_CLASSES = ("malignant", "benign")  # scikit-learn's target 0, 1
+BREAST_CANCER_CLASSES = BUILTIN_CLASS_NAMES["breast_cancer"]  # scikit-learn's target 0, 1
 
 
 def split_mask(n: int, split: str) -> np.ndarray:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 IN_MEMORY_KINDS = ("idx", "digits", "breast_cancer")
 KINDS = (*IN_MEMORY_KINDS, "csv", "table")  # parquet: not shipped (see README "Dataset kinds")
 SPLITS = ("test", "train")
+# The names an in-memory kind's labels already have; a registry row may repeat them (init.sql does).
+BUILTIN_CLASS_NAMES = {"breast_cancer": ("malignant", "benign")}
 IDX_LAYOUTS = ("fashion_mnist", "mnist")
 MAX_COLUMNS = 10_000
 MAX_NAME = 63  # PostgreSQL's identifier length
@@ -69,8 +71,10 @@ class DatasetDefinition:
                 raise DatasetError(f"{what}: kind {self.kind} is built in and takes no source")
             if self.feature_columns or self.label_column:
                 raise DatasetError(f"{what}: kind {self.kind} takes no feature or label columns")
-            if self.class_names is not None:
-                raise DatasetError(f"{what}: kind {self.kind} has its own class names")
+            own = BUILTIN_CLASS_NAMES.get(self.kind)
+            if self.class_names is not None and tuple(self.class_names) != own:
+                shown = ", ".join(own) if own else "class indices"
+                raise DatasetError(f"{what}: kind {self.kind} has its own class names ({shown})")
             return
         if self.split not in ("test", ""):
             raise DatasetError(f"{what}: kind {self.kind} has no splits (split {quoted(self.split, 30)})")
