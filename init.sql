@@ -1,5 +1,5 @@
 -- ckpt-eval schema and registry of the shipped demo checkpoints.
--- ckpt-eval schema version: 2   (the deployment applies this file only when this number is newer
+-- ckpt-eval schema version: 3   (the deployment applies this file only when this number is newer
 --                                than the highest row of ckpt_eval.schema_version; keep both in step)
 --
 -- Apply as a superuser to the database ckpt_eval:
@@ -52,6 +52,7 @@ DECLARE
     distributed_by_name text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (name)' ELSE '' END;
     distributed_by_run text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (run_id)' ELSE '' END;
     distributed_by_version text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (version)' ELSE '' END;
+    distributed_by_pair text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (checkpoint_name, dataset)' ELSE '' END;
 BEGIN
     EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.schema_version (
         version     integer PRIMARY KEY,
@@ -116,6 +117,43 @@ BEGIN
         PRIMARY KEY (run_id, metric, class_label)
     )' || distributed_by_run;
 
+    -- Version 3: the evaluation datasets. Built-in kinds name data shipped with the app or its data
+    -- directory; 'table' names a table or view the owner granted the app role SELECT on; 'csv' and
+    -- 'parquet' name a file in the data directory. fingerprint is the content version last evaluated.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.datasets (
+        name              text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 200),
+        kind              text NOT NULL
+                          CHECK (kind IN (''idx'', ''digits'', ''breast_cancer'', ''csv'', ''parquet'', ''table'')),
+        source            text CHECK (length(source) BETWEEN 1 AND 1024),
+        split             text NOT NULL DEFAULT ''test'' CHECK (split IN (''test'', ''train'')),
+        feature_columns   text[] CHECK (array_length(feature_columns, 1) BETWEEN 1 AND 100000),
+        label_column      text CHECK (length(label_column) BETWEEN 1 AND 200),
+        class_names       text[] CHECK (array_length(class_names, 1) BETWEEN 2 AND 100000),
+        description       text CHECK (length(description) <= 2000),
+        fingerprint       text CHECK (fingerprint ~ ''^[0-9a-f]{64}$''),
+        fingerprinted_at  timestamptz,
+        registered_at     timestamptz NOT NULL DEFAULT now()
+    )' || distributed_by_name;
+
+    -- Version 3: evaluation work is a (checkpoint, dataset) pair with its own job state, claim,
+    -- lease and fence. dataset_fingerprint is the dataset version the pair's latest run saw.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.evaluations (
+        checkpoint_name      text NOT NULL,
+        dataset              text NOT NULL,
+        checkpoint_id        bigint NOT NULL,
+        status               text NOT NULL DEFAULT ''pending''
+                             CHECK (status IN (''pending'', ''running'', ''done'', ''failed'')),
+        attempt              integer NOT NULL DEFAULT 0,
+        lease_owner          text,
+        lease_token          text,
+        lease_expires_at     timestamptz,
+        requested_at         timestamptz NOT NULL DEFAULT now(),
+        updated_at           timestamptz NOT NULL DEFAULT now(),
+        dataset_fingerprint  text,
+        attached_at          timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (checkpoint_name, dataset)
+    )' || distributed_by_pair;
+
     -- Plain (non-unique) indexes; CREATE INDEX IF NOT EXISTS does not exist on Greenplum 6.
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_indexes
                    WHERE schemaname = 'ckpt_eval' AND indexname = 'checkpoints_checkpoint_id_idx') THEN
@@ -125,6 +163,21 @@ BEGIN
                    WHERE schemaname = 'ckpt_eval' AND indexname = 'evaluation_runs_checkpoint_idx') THEN
         EXECUTE 'CREATE INDEX evaluation_runs_checkpoint_idx ON ckpt_eval.evaluation_runs (checkpoint_id, finished_at)';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_indexes
+                   WHERE schemaname = 'ckpt_eval' AND indexname = 'evaluations_dataset_idx') THEN
+        EXECUTE 'CREATE INDEX evaluations_dataset_idx ON ckpt_eval.evaluations (dataset)';
+    END IF;
+
+    -- Version 3: each run records the package (and version) that provided its architecture.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                   WHERE attrelid = 'ckpt_eval.evaluation_runs'::regclass AND attname = 'arch_package'
+                     AND NOT attisdropped) THEN
+        EXECUTE 'ALTER TABLE ckpt_eval.evaluation_runs ADD COLUMN arch_package text';
+        EXECUTE 'ALTER TABLE ckpt_eval.evaluation_runs ADD COLUMN arch_version text';
+    END IF;
+    -- Version 3: a checkpoint may be registered for several datasets (ckpt_eval.evaluations); its own
+    -- dataset column keeps the one it was registered with, so rows inserted the version-2 way still work.
+    EXECUTE 'ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN dataset DROP NOT NULL';
 END
 $tables$;
 
@@ -159,12 +212,47 @@ BEGIN
 END
 $sha256_required$;
 
--- The contract for analysts: one row per checkpoint, its latest run and headline metrics.
+-- The datasets every version-2 deployment knew, and the embedded tabular demo.
+INSERT INTO ckpt_eval.datasets (name, kind, source, description)
+SELECT 'fashion_mnist', 'idx', 'fashion_mnist', 'FashionMNIST test split (IDX files in the data directory)'
+WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.datasets WHERE name = 'fashion_mnist');
+INSERT INTO ckpt_eval.datasets (name, kind, source, description)
+SELECT 'mnist', 'idx', 'mnist', 'MNIST test split (IDX files in the data directory)'
+WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.datasets WHERE name = 'mnist');
+INSERT INTO ckpt_eval.datasets (name, kind, description)
+SELECT 'digits', 'digits', 'scikit-learn''s embedded 8x8 digits, test split'
+WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.datasets WHERE name = 'digits');
+INSERT INTO ckpt_eval.datasets (name, kind, class_names, description)
+SELECT 'breast_cancer', 'breast_cancer', ARRAY['malignant', 'benign'],
+       'scikit-learn''s embedded breast cancer data (30 features, 2 classes), test split'
+WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.datasets WHERE name = 'breast_cancer');
+
+-- Migration to version 3: every checkpoint becomes the pair (checkpoint, its dataset), keeping its job
+-- state; a lease held by a worker of the old version is handed back (the deployment stops workers
+-- first). The pair remembers the dataset version of its latest run, so nothing is evaluated again
+-- unless its data changed. The job adopts rows inserted the version-2 way the same way on every run.
+INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id, status, attempt, requested_at,
+                                   updated_at, dataset_fingerprint)
+SELECT c.name, c.dataset, c.checkpoint_id,
+       CASE WHEN c.status = 'running' THEN 'pending' ELSE c.status END,
+       c.attempt, c.requested_at, c.updated_at, r.dataset_sha256
+FROM ckpt_eval.checkpoints c
+LEFT JOIN (
+    SELECT runs.checkpoint_id, runs.dataset, runs.dataset_sha256,
+           row_number() OVER (PARTITION BY runs.checkpoint_id, runs.dataset
+                              ORDER BY runs.finished_at DESC, runs.run_id DESC) AS recency
+    FROM ckpt_eval.evaluation_runs runs
+) r ON r.checkpoint_id = c.checkpoint_id AND r.dataset = c.dataset AND r.recency = 1
+WHERE c.dataset IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM ckpt_eval.evaluations e WHERE e.checkpoint_name = c.name AND e.dataset = c.dataset);
+
+-- The contract for analysts: one row per evaluated (checkpoint, dataset) pair, its latest run and
+-- headline metrics (before version 3 a checkpoint had exactly one dataset, so one row per checkpoint).
 CREATE OR REPLACE VIEW ckpt_eval.latest_evaluations AS
 SELECT c.checkpoint_id,
        c.name AS checkpoint_name,
        c.arch,
-       c.dataset,
+       r.dataset,
        r.run_id,
        r.attempt,
        r.status,
@@ -182,7 +270,7 @@ SELECT c.checkpoint_id,
 FROM ckpt_eval.checkpoints c
 JOIN (
     SELECT runs.*,
-           row_number() OVER (PARTITION BY runs.checkpoint_id
+           row_number() OVER (PARTITION BY runs.checkpoint_id, runs.dataset
                               ORDER BY runs.finished_at DESC, runs.run_id DESC) AS recency
     FROM ckpt_eval.evaluation_runs runs
 ) r ON r.checkpoint_id = c.checkpoint_id AND r.recency = 1
@@ -204,14 +292,23 @@ GRANT SELECT ON ckpt_eval.checkpoints, ckpt_eval.evaluation_runs, ckpt_eval.eval
                 ckpt_eval.latest_evaluations, ckpt_eval.schema_version TO ckpt_eval_app;
 GRANT INSERT (name, path, arch, dataset, sha256, min_accuracy, min_f1_macro)
     ON ckpt_eval.checkpoints TO ckpt_eval_app;
-GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, requested_at, updated_at)
-    ON ckpt_eval.checkpoints TO ckpt_eval_app;
+-- Version 3: the job state lives in ckpt_eval.evaluations; the app role no longer updates checkpoints
+-- (a worker of version 2 left running after the upgrade stops at once with a privilege error).
+REVOKE UPDATE ON ckpt_eval.checkpoints FROM ckpt_eval_app;
+GRANT SELECT ON ckpt_eval.datasets, ckpt_eval.evaluations TO ckpt_eval_app;
+GRANT INSERT (name, kind, source, split, feature_columns, label_column, class_names, description)
+    ON ckpt_eval.datasets TO ckpt_eval_app;
+GRANT UPDATE (fingerprint, fingerprinted_at) ON ckpt_eval.datasets TO ckpt_eval_app;
+GRANT INSERT (checkpoint_name, dataset, checkpoint_id, dataset_fingerprint) ON ckpt_eval.evaluations TO ckpt_eval_app;
+GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, requested_at, updated_at,
+              dataset_fingerprint)
+    ON ckpt_eval.evaluations TO ckpt_eval_app;
 -- Runs: every column but the key, which only the owner's function assigns (an app-chosen run_id
 -- could take an id the job is about to be given).
 REVOKE INSERT ON ckpt_eval.evaluation_runs FROM ckpt_eval_app;
 GRANT INSERT (checkpoint_id, checkpoint_name, attempt, dataset, dataset_sha256, checkpoint_sha256, status, verdict,
               verdict_reasons, error, started_at, finished_at, duration_seconds, n_samples, worker_host, worker_pid,
-              app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix)
+              app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version)
     ON ckpt_eval.evaluation_runs TO ckpt_eval_app;
 GRANT INSERT ON ckpt_eval.evaluation_metrics TO ckpt_eval_app;
 -- Keys only through the owner's functions: no privilege on any sequence (version 1 granted USAGE).
@@ -231,9 +328,16 @@ SELECT 'digits-mlp-undertrained', 'digits-mlp-undertrained.pt', 'digits_mlp', 'd
        '7b055463733e6094f852a621f2ee9658c0f29c4dd45352623eed7bec25acc638'
 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.checkpoints WHERE name = 'digits-mlp-undertrained');
 
+INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id)
+SELECT c.name, c.dataset, c.checkpoint_id FROM ckpt_eval.checkpoints c
+WHERE c.name IN ('digits-mlp-good', 'digits-mlp-undertrained') AND c.dataset IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM ckpt_eval.evaluations e WHERE e.checkpoint_name = c.name AND e.dataset = c.dataset);
+
 INSERT INTO ckpt_eval.schema_version (version)
 SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 1);
 INSERT INTO ckpt_eval.schema_version (version)
 SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 2);
+INSERT INTO ckpt_eval.schema_version (version)
+SELECT 3 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 3);
 
 RESET ROLE;

@@ -78,7 +78,7 @@ class BenchDatabase:
         with self.superuser() as conn:
             conn.execute("TRUNCATE ckpt_eval.evaluation_metrics, ckpt_eval.evaluation_runs")
             conn.execute(
-                "UPDATE ckpt_eval.checkpoints SET status = 'pending', attempt = 0, lease_owner = NULL, "
+                "UPDATE ckpt_eval.evaluations SET status = 'pending', attempt = 0, lease_owner = NULL, "
                 "lease_token = NULL, lease_expires_at = NULL"
             )
 
@@ -176,7 +176,8 @@ class Workspace:
         files = self.checkpoint_files[:checkpoints]
         database = BenchDatabase(self, dbname, credentials, self.data_dir(images), files)
         with database.superuser() as conn:
-            conn.execute("DELETE FROM ckpt_eval.checkpoints")  # the demo rows of init.sql
+            conn.execute("DELETE FROM ckpt_eval.evaluations")  # the demo rows of init.sql
+            conn.execute("DELETE FROM ckpt_eval.checkpoints")
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256) VALUES (%s, %s, %s, %s, %s)",
@@ -185,6 +186,10 @@ class Workspace:
                         for path in files
                     ],
                 )
+            conn.execute(
+                "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) "
+                "SELECT name, dataset, checkpoint_id FROM ckpt_eval.checkpoints"
+            )
         self.databases[label] = database
         return database
 

@@ -55,12 +55,14 @@ class IdxDataset(Dataset):
 conn = psycopg.connect()
 cur = conn.cursor()
 cur.execute(
-    "UPDATE ckpt_eval.checkpoints SET status = 'running', attempt = attempt + 1, updated_at = now() "
+    "UPDATE ckpt_eval.evaluations SET status = 'running', attempt = attempt + 1, updated_at = now() "
     "WHERE checkpoint_id = %s",
     (int(checkpoint_id),),
 )
 conn.commit()
-cur.execute("SELECT name, attempt FROM ckpt_eval.checkpoints WHERE checkpoint_id = %s", (int(checkpoint_id),))
+cur.execute(
+    "SELECT checkpoint_name, attempt FROM ckpt_eval.evaluations WHERE checkpoint_id = %s", (int(checkpoint_id),)
+)
 name, attempt = cur.fetchone()
 
 model = build_model("fashion_cnn")
@@ -111,7 +113,7 @@ for metric, label, value in rows:
         "INSERT INTO ckpt_eval.evaluation_metrics (run_id, metric, class_label, value) VALUES (%s, %s, %s, %s)",
         (run_id, metric, label, value),
     )
-cur.execute("UPDATE ckpt_eval.checkpoints SET status = 'done', updated_at = now() WHERE checkpoint_id = %s",
+cur.execute("UPDATE ckpt_eval.evaluations SET status = 'done', updated_at = now() WHERE checkpoint_id = %s",
             (int(checkpoint_id),))
 conn.commit()
 conn.close()

@@ -44,6 +44,9 @@ Examples:
   ckpt-eval run --failed --dry-run                # list what a rerun of the failed ones would do
   ckpt-eval status --format json
   ckpt-eval register fashion/cnn-v2.pth --arch fashion_cnn --dataset fashion_mnist --min-accuracy 0.85
+  ckpt-eval dataset add sonar --kind table --source lab.sonar --features-file cols.txt --label-column label \\
+      --class-names R,M
+  ckpt-eval attach cnn-v2 mnist                   # evaluate checkpoint cnn-v2 on mnist too
   ckpt-eval train --arch digits_mlp --dataset digits --out checkpoints/new.pt --epochs 5 --seed 1
 
 \b
@@ -263,8 +266,15 @@ def cli() -> None:
     metavar="N",
     help="Only these checkpoints (repeatable).",
 )
-@click.option("--force", is_flag=True, help="Queue already evaluated checkpoints again: a new run, history kept.")
-@click.option("--failed", is_flag=True, help="Queue checkpoints whose latest run failed again.")
+@click.option(
+    "--dataset",
+    "dataset_names",
+    multiple=True,
+    metavar="NAME",
+    help="Only pairs on these datasets (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Queue already evaluated pairs again: a new run, history kept.")
+@click.option("--failed", is_flag=True, help="Queue pairs whose latest run failed again.")
 @click.option("--dry-run", is_flag=True, help="List what would be evaluated; change nothing.")
 @click.option(
     "--lease-seconds",
@@ -284,6 +294,15 @@ def cli() -> None:
     "run faster with cores/jobs each [env CKPT_EVAL_TORCH_THREADS].",
 )
 @click.option(
+    "--dataset-read-timeout",
+    type=click.IntRange(1, MAX_STATEMENT_TIMEOUT_SECONDS),
+    default=3600,
+    show_default=True,
+    envvar="CKPT_EVAL_DATASET_READ_TIMEOUT",
+    help="Seconds one read of a table dataset (streamed while it is evaluated) may take "
+    "[env CKPT_EVAL_DATASET_READ_TIMEOUT].",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(1, 65536),
     default=256,
@@ -298,13 +317,18 @@ def cli() -> None:
 @_database_options
 @_logging_options
 def run(**options: Any) -> None:
-    """Claim pending checkpoints, evaluate each one, record metrics and a verdict."""
+    """Claim pending (checkpoint, dataset) pairs, evaluate each one, record metrics and a verdict.
+
+    A dataset whose pairs are all evaluated is checked for a new version first (its fingerprint):
+    if its content changed, those pairs are evaluated again.
+    """
     _start_logging(options)
     # The secret first: a bad password source fails before anything heavy is imported or started.
     creds = _load_credentials(options["credentials"], options["vault_password_file"])
     if not options["dry_run"]:
         _import_in_background("torch")  # overlaps PyTorch's import with connecting and claiming
     from .config import Settings
+    from .db.connection import connect
     from .db.repository import Repository
     from .isolation import CheckpointParser
     from .report import PLAN_COLUMNS, summary_json, summary_text, table, to_json
@@ -321,6 +345,7 @@ def run(**options: Any) -> None:
         retry=_retry_policy(options["db_retries"], options["db_retry_seconds"]),
     )
     selection_ids = tuple(options["checkpoint_ids"])
+    selection_datasets = tuple(dict.fromkeys(options["dataset_names"]))
 
     def new_repository() -> Repository:
         return Repository(creds, settings.retry, **settings.connect_options())
@@ -331,7 +356,10 @@ def run(**options: Any) -> None:
         if options["dry_run"]:
             if selection_ids:
                 repository.check_ids_exist(selection_ids)
-            planned = repository.planned(selection_ids or None, options["force"], options["failed"])
+            repository.check_datasets_exist(selection_datasets)
+            planned = repository.planned(
+                selection_ids or None, options["force"], options["failed"], selection_datasets or None
+            )
             if options["output_format"] == "json":
                 click.echo(to_json({"would_evaluate": planned}))
             else:
@@ -345,9 +373,16 @@ def run(**options: Any) -> None:
                 import torch
 
                 torch.set_num_threads(options["torch_threads"])
-            selection = Selection(selection_ids, options["force"], options["failed"])
+            from .db.table_reader import open_table_reader
+
+            selection = Selection(selection_ids, options["force"], options["failed"], selection_datasets)
+            read_table = open_table_reader(
+                lambda: connect(creds, settings.retry, **settings.connect_options()),
+                timeout_ms=options["dataset_read_timeout"] * 1000,
+            )
             with _progress(repository, selection) as on_outcome:
-                summary = Job(settings, repository, new_repository, parser, on_outcome=on_outcome).run(selection)
+                job = Job(settings, repository, new_repository, parser, on_outcome=on_outcome, read_table=read_table)
+                summary = job.run(selection)
     click.echo(summary_json(summary) if options["output_format"] == "json" else summary_text(summary))
     if not summary.all_passed:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
@@ -368,8 +403,10 @@ class _progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            total = len(repository.planned(selection.ids or None, selection.force, selection.failed))
-            self._bar = tqdm(total=total, unit="ckpt", desc="evaluating", file=sys.stderr, leave=False)
+            planned = repository.planned(
+                selection.ids or None, selection.force, selection.failed, selection.datasets or None
+            )
+            self._bar = tqdm(total=len(planned), unit="pair", desc="evaluating", file=sys.stderr, leave=False)
 
     def __enter__(self) -> Callable[[Any], None]:
         return lambda outcome: self._bar.update(1) if self._bar is not None else None
@@ -384,7 +421,7 @@ class _progress:
 @_database_options
 @_logging_options
 def status(**options: Any) -> None:
-    """Show every registered checkpoint with its job state and latest result."""
+    """Show every (checkpoint, dataset) pair with its job state and latest result."""
     from .db.repository import Repository
     from .report import STATUS_COLUMNS, table, to_json
 
@@ -402,8 +439,15 @@ def status(**options: Any) -> None:
 
 @cli.command(epilog=EPILOG)
 @click.argument("path")
-@click.option("--arch", required=True, help="Architecture name (fashion_cnn, digits_mlp).")
-@click.option("--dataset", required=True, help="Dataset name (fashion_mnist, mnist, digits).")
+@click.option("--arch", required=True, help="Architecture name (ckpt-eval architectures lists them).")
+@click.option(
+    "--dataset",
+    "datasets",
+    required=True,
+    multiple=True,
+    metavar="NAME",
+    help="A registered dataset to evaluate it on (repeatable; ckpt-eval dataset list).",
+)
 @click.option("--name", help="Unique checkpoint name [default: the file name without extension].")
 @click.option("--min-accuracy", type=Finite(0, 1), help="Gate: minimum accuracy [default 0.7].")
 @click.option("--min-f1", type=Finite(0, 1), help="Gate: minimum macro-F1 [default 0.7].")
@@ -414,7 +458,7 @@ def status(**options: Any) -> None:
 def register(
     path: str,
     arch: str,
-    dataset: str,
+    datasets: tuple[str, ...],
     name: str | None,
     min_accuracy: float | None,
     min_f1: float | None,
@@ -423,11 +467,11 @@ def register(
     """Register the checkpoint at PATH (relative to the checkpoint root) for evaluation.
 
     The file is checked the way a run will check it (inside the root, loadable into ARCH)
-    and its sha256 is stored, so a later change to the file fails its run.
+    and its sha256 is stored, so a later change to the file fails its run. One pending
+    evaluation is queued per dataset.
     """
     from .architectures import ArchitectureError, get_architecture
     from .checkpoints import inspect_checkpoint
-    from .datasets import DATASET_NAMES
     from .db.repository import Repository
     from .isolation import CheckpointParser
 
@@ -437,8 +481,6 @@ def register(
         get_architecture(arch)
     except ArchitectureError as exc:
         raise UsageError(str(exc)) from None
-    if dataset not in DATASET_NAMES:
-        raise UsageError(f"unknown dataset {quoted(dataset, 60)} (known: {', '.join(DATASET_NAMES)})")
     checkpoint_name = name or Path(path).stem
     if not 1 <= len(checkpoint_name) <= MAX_NAME_LENGTH or not checkpoint_name.isprintable():
         raise UsageError(
@@ -460,14 +502,180 @@ def register(
             name=checkpoint_name,
             path=path,
             arch=arch,
-            dataset=dataset,
+            datasets=tuple(dict.fromkeys(datasets)),
             sha256=loaded.sha256,
             min_accuracy=min_accuracy,
             min_f1_macro=min_f1,
         )
+    shown = ", ".join(quoted(dataset, 60) for dataset in dict.fromkeys(datasets))
     click.echo(
-        f"registered checkpoint {checkpoint_id} {quoted(checkpoint_name)} ({printable(path)}, sha256 {loaded.sha256})"
+        f"registered checkpoint {checkpoint_id} {quoted(checkpoint_name)} ({printable(path)}, sha256 {loaded.sha256}) "
+        f"for {shown}"
     )
+
+
+def _open_repository(options: dict[str, Any]) -> Any:
+    """A repository for a short command: credentials read, schema checked by the caller."""
+    from .db.repository import Repository
+
+    creds = _load_credentials(options["credentials"], options["vault_password_file"])
+    policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
+    return Repository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("checkpoint")
+@click.argument("dataset")
+@_database_options
+@_logging_options
+def attach(checkpoint: str, dataset: str, **options: Any) -> None:
+    """Queue CHECKPOINT (its name or id) for evaluation on DATASET too: a new pending pair."""
+    _start_logging(options)
+    with _open_repository(options) as repository:
+        repository.check_schema()
+        checkpoint_id, name = repository.attach(checkpoint, dataset)
+    click.echo(f"attached checkpoint {checkpoint_id} {quoted(name)} to dataset {quoted(dataset, 60)}: pending")
+
+
+@cli.group(epilog=EPILOG)
+def dataset() -> None:
+    """The dataset registry: what checkpoints are evaluated on (ckpt_eval.datasets)."""
+
+
+def _name_list(value: str | None, file: Path | None, what: str) -> tuple[str, ...] | None:
+    """Names from 'a,b,c' or from a file with one name per line (names with commas, long lists)."""
+    if value is not None and file is not None:
+        raise UsageError(f"give {what} either inline or in a file, not both")
+    if file is not None:
+        from .credentials import read_bounded_file
+
+        data, _ = read_bounded_file(file, 4 * 1024 * 1024, what)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"{printable(file)} is not UTF-8 text") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    elif value is not None:
+        names = [part.strip() for part in value.split(",")]
+    else:
+        return None
+    if not names or any(not name for name in names):
+        raise UsageError(f"{what}: empty name in the list")
+    return tuple(names)
+
+
+@dataset.command("add", epilog=EPILOG)
+@click.argument("name")
+@click.option(
+    "--kind",
+    required=True,
+    type=click.Choice(["idx", "digits", "breast_cancer", "csv", "parquet", "table"]),
+    help="Where the rows come from.",
+)
+@click.option(
+    "--source",
+    help="table: schema.table (the owner grants the app role SELECT on it); csv/parquet: a file in the data "
+    "directory; idx: fashion_mnist or mnist.",
+)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--features", help="Feature columns in input order, comma-separated.")
+@click.option(
+    "--features-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Feature columns in input order, one per line.",
+)
+@click.option("--label-column", help="The column holding each row's label.")
+@click.option("--class-names", help="Label values in class-index order, comma-separated (e.g. R,M).")
+@click.option("--description", help="Free text shown by dataset show.")
+@_database_options
+@_logging_options
+def dataset_add(name: str, **options: Any) -> None:
+    """Register dataset NAME (changing or removing one is the schema owner's job)."""
+    from .datasets import DatasetDefinition
+
+    _start_logging(options)
+    if not 1 <= len(name) <= MAX_NAME_LENGTH or not name.isprintable():
+        raise UsageError(f"dataset name {quoted(name, 60)} must be 1 to {MAX_NAME_LENGTH} printable characters")
+    definition = DatasetDefinition(
+        name=name,
+        kind=options["kind"],
+        source=options["source"],
+        split=options["split"],
+        feature_columns=_name_list(options["features"], options["features_file"], "feature columns"),
+        label_column=options["label_column"],
+        class_names=_name_list(options["class_names"], None, "class names"),
+    )
+    try:
+        definition.validate()
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    with _open_repository(options) as repository:
+        repository.check_schema()
+        repository.add_dataset(
+            {
+                "name": definition.name,
+                "kind": definition.kind,
+                "source": definition.source,
+                "split": definition.split,
+                "feature_columns": list(definition.feature_columns) if definition.feature_columns else None,
+                "label_column": definition.label_column,
+                "class_names": list(definition.class_names) if definition.class_names else None,
+                "description": options["description"],
+            }
+        )
+    click.echo(f"added dataset {quoted(name, 60)} ({definition.kind})")
+
+
+@dataset.command("list", epilog=EPILOG)
+@_format_option
+@_database_options
+@_logging_options
+def dataset_list(**options: Any) -> None:
+    """Show every registered dataset."""
+    from .report import DATASET_COLUMNS, dataset_rows, table, to_json
+
+    _start_logging(options)
+    with _open_repository(options) as repository:
+        repository.check_schema()
+        rows = repository.datasets()
+    if options["output_format"] == "json":
+        click.echo(to_json({"datasets": rows}))
+    else:
+        click.echo(table(dataset_rows(rows), DATASET_COLUMNS) if rows else "no datasets registered")
+
+
+@dataset.command("show", epilog=EPILOG)
+@click.argument("name")
+@_format_option
+@_database_options
+@_logging_options
+def dataset_show(name: str, **options: Any) -> None:
+    """Show dataset NAME: its definition, columns, and the checkpoints evaluated on it."""
+    from .report import to_json
+
+    _start_logging(options)
+    with _open_repository(options) as repository:
+        repository.check_schema()
+        row = repository.dataset(name)
+        if row is None:
+            raise UsageError(f"no dataset named {quoted(name, 60)} is registered (ckpt-eval dataset list)")
+        pairs = repository.dataset_pairs(name)
+    if options["output_format"] == "json":
+        click.echo(to_json({"dataset": row, "evaluations": pairs}))
+        return
+    for key in ("name", "kind", "source", "split", "label_column", "description", "fingerprint", "fingerprinted_at"):
+        value = row.get(key)
+        click.echo(f"{key + ':':17} {'-' if value is None else printable(value)}")
+    for key in ("class_names", "feature_columns"):
+        values = row.get(key) or []
+        click.echo(f"{key + ':':17} {', '.join(printable(v, 100) for v in values) if values else '-'}")
+    click.echo(f"{'evaluations:':17} {len(pairs)}")
+    for pair in pairs:
+        version = pair["dataset_fingerprint"]
+        click.echo(
+            f"  checkpoint {pair['checkpoint_id']} {quoted(pair['checkpoint_name'])}: {pair['status']}"
+            + (f" (evaluated on version {version[:12]})" if version else "")
+        )
 
 
 @cli.command(epilog=EPILOG)

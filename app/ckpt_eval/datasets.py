@@ -14,15 +14,23 @@ import hashlib
 import math
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import DatasetError, DatasetMissing
+
+if TYPE_CHECKING:
+    from .architectures import Architecture
+
+# Streams `COPY (SELECT <columns> FROM <source>) TO STDOUT (FORMAT csv)` blocks (db/table_reader.py).
+TableReader = Callable[[str, Sequence[str]], AbstractContextManager[Iterable[bytes]]]
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -61,6 +69,21 @@ class Dataset:
         return int(self.labels.shape[0])
 
     @property
+    def kind(self) -> str:
+        return "digits" if self.name == "digits" else "idx"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.input_shape
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return None
+
+    def fingerprint(self) -> str:
+        return self.sha256
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (1, int(self.pixels.shape[1]), int(self.pixels.shape[2]))
 
@@ -83,6 +106,44 @@ class Dataset:
         inputs, targets = self.inputs, self.targets
         for start in range(0, len(self), batch_size):
             yield inputs[start : start + batch_size], targets[start : start + batch_size]
+
+
+@dataclass(frozen=True)
+class DatasetDefinition:
+    """One row of ckpt_eval.datasets."""
+
+    name: str
+    kind: str
+    source: str | None = None
+    split: str = "test"
+    feature_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    class_names: tuple[str, ...] | None = None
+    fingerprint: str | None = None
+
+    def validate(self) -> None:
+        if self.kind not in ("idx", "digits"):
+            raise DatasetError(f"dataset {self.name}: kind {self.kind} is not supported yet")
+
+
+def open_dataset(definition: DatasetDefinition, data_dir: Path | None, read_table: TableReader | None) -> Dataset:
+    definition.validate()
+    name = "digits" if definition.kind == "digits" else str(definition.source)
+    return load_dataset(name, data_dir, definition.split)
+
+
+def check_compatible(architecture: Architecture, dataset: Dataset) -> None:
+    if architecture.input_shape != dataset.input_shape:
+        expected = "x".join(map(str, architecture.input_shape))
+        actual = "x".join(map(str, dataset.input_shape))
+        raise DatasetError(
+            f"architecture {architecture.name} takes {expected} inputs, dataset {dataset.name} has {actual}"
+        )
+    if architecture.num_classes != dataset.num_classes:
+        raise DatasetError(
+            f"architecture {architecture.name} has {architecture.num_classes} classes, "
+            f"dataset {dataset.name} has {dataset.num_classes}"
+        )
 
 
 def content_sha256(pixels: np.ndarray, labels: np.ndarray) -> str:

@@ -42,6 +42,7 @@ def check_compatible(arch: str, dataset: Dataset) -> None:
 def evaluate_model(
     model: nn.Module,
     dataset: Dataset,
+    architecture: object = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda n: None,

@@ -41,6 +41,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]])
 SUMMARY_COLUMNS = (
     ("checkpoint_id", "id"),
     ("name", "checkpoint"),
+    ("dataset", "dataset"),
     ("attempt", "attempt"),
     ("run_id", "run"),
     ("status", "status"),
@@ -79,7 +80,7 @@ PLAN_COLUMNS = (
 def summary_text(summary: JobSummary) -> str:
     rows = [asdict(o) for o in summary.outcomes]
     if not rows:
-        return "nothing to evaluate: no pending checkpoints"
+        return "nothing to evaluate: no pending (checkpoint, dataset) pairs"
     recorded = summary.recorded
     passed = sum(o.ok for o in recorded)
     failed = sum(o.status == "failed" for o in recorded)
@@ -89,6 +90,35 @@ def summary_text(summary: JobSummary) -> str:
     if lost:
         footer += f"; {lost} lost to another worker"
     return table(rows, SUMMARY_COLUMNS) + "\n" + footer
+
+
+DATASET_COLUMNS = (
+    ("name", "dataset"),
+    ("kind", "kind"),
+    ("source", "source"),
+    ("split", "split"),
+    ("features", "features"),
+    ("label_column", "label"),
+    ("class_names", "classes"),
+    ("fingerprint", "version last evaluated"),
+)
+
+
+def dataset_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Dataset registry rows for the table: column lists summarised (a table may have hundreds)."""
+    shown = []
+    for row in rows:
+        features = row.get("feature_columns")
+        classes = row.get("class_names")
+        shown.append(
+            {
+                **row,
+                "features": None if not features else f"{len(features)} columns",
+                "class_names": None if not classes else ",".join(classes),
+                "fingerprint": (row.get("fingerprint") or "")[:12] or None,
+            }
+        )
+    return shown
 
 
 def summary_json(summary: JobSummary) -> str:

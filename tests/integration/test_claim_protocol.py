@@ -17,6 +17,7 @@ from ckpt_eval.job import Heartbeat
 from tests.support.deployment import APP_PASSWORD, Deployment
 
 POLICY = RetryPolicy(attempts=2, max_seconds=5, initial_wait=0.1, max_wait=0.2)
+GOOD_PAIR = ("digits-mlp-good", "digits")
 
 
 def app_credentials(deployment: Deployment) -> DbCredentials:
@@ -57,24 +58,24 @@ def repositories(deployment: Deployment):
 
 def test_only_one_of_two_workers_wins_a_claim(repositories, deployment: Deployment) -> None:
     first, second = repositories
-    assert first.claim("digits-mlp-good", "w1", "token-1", 60) is not None
-    assert second.claim("digits-mlp-good", "w2", "token-2", 60) is None
+    assert first.claim(GOOD_PAIR, "w1", "token-1", 60) is not None
+    assert second.claim(GOOD_PAIR, "w2", "token-2", 60) is None
     [(owner, token, attempt)] = deployment.rows(
-        "SELECT lease_owner, lease_token, attempt FROM ckpt_eval.checkpoints WHERE name = 'digits-mlp-good'"
+        "SELECT lease_owner, lease_token, attempt FROM ckpt_eval.evaluations WHERE checkpoint_name = 'digits-mlp-good'"
     )
     assert (owner, token, attempt) == ("w1", "token-1", "1")
 
 
 def test_finish_writes_run_metrics_and_state_together(repositories, deployment: Deployment) -> None:
     first, _ = repositories
-    claim = first.claim("digits-mlp-good", "w1", "token-1", 60)
+    claim = first.claim(GOOD_PAIR, "w1", "token-1", 60)
     run_id = first.finish(claim, record())
     assert deployment.rows(f"SELECT status, lease_token FROM ckpt_eval.evaluation_runs WHERE run_id = {run_id}") == [
         ["succeeded", "token-1"]
     ]
     assert deployment.rows(f"SELECT count(*) FROM ckpt_eval.evaluation_metrics WHERE run_id = {run_id}") == [["4"]]
     assert deployment.rows(
-        "SELECT status, lease_token IS NULL FROM ckpt_eval.checkpoints WHERE name = 'digits-mlp-good'"
+        "SELECT status, lease_token IS NULL FROM ckpt_eval.evaluations WHERE checkpoint_name = 'digits-mlp-good'"
     ) == [["done", "t"]]
     # Finishing again with the same token is idempotent (a lost commit acknowledgement).
     assert first.finish(claim, record()) == run_id
@@ -83,11 +84,11 @@ def test_finish_writes_run_metrics_and_state_together(repositories, deployment: 
 
 def test_stale_worker_is_fenced_off_after_its_lease_was_taken_over(repositories, deployment: Deployment) -> None:
     first, second = repositories
-    stale = first.claim("digits-mlp-good", "w1", "token-1", 60)
-    deployment.sql("UPDATE ckpt_eval.checkpoints SET lease_expires_at = now() - interval '1 second'")
+    stale = first.claim(GOOD_PAIR, "w1", "token-1", 60)
+    deployment.sql("UPDATE ckpt_eval.evaluations SET lease_expires_at = now() - interval '1 second'")
     assert first.heartbeat(stale, 60) is True, "an expired but untaken lease can still be renewed"
-    deployment.sql("UPDATE ckpt_eval.checkpoints SET lease_expires_at = now() - interval '1 second'")
-    fresh = second.claim("digits-mlp-good", "w2", "token-2", 60)
+    deployment.sql("UPDATE ckpt_eval.evaluations SET lease_expires_at = now() - interval '1 second'")
+    fresh = second.claim(GOOD_PAIR, "w2", "token-2", 60)
     assert fresh is not None
     assert fresh.attempt == 2
 
@@ -103,13 +104,15 @@ def test_stale_worker_is_fenced_off_after_its_lease_was_taken_over(repositories,
 
 def test_heartbeat_keeps_a_lease_alive_and_notices_when_it_is_taken(repositories, deployment: Deployment) -> None:
     first, second = repositories
-    claim = first.claim("digits-mlp-good", "w1", "token-1", 1)
+    claim = first.claim(GOOD_PAIR, "w1", "token-1", 1)
     beating = Repository(app_credentials(deployment), POLICY)
     with Heartbeat(beating, claim, lease_seconds=1, interval=0.2) as heartbeat:
         time.sleep(2.5)  # more than twice the lease: only the heartbeats keep it
-        assert second.claim("digits-mlp-good", "w2", "token-2", 60) is None
+        assert second.claim(GOOD_PAIR, "w2", "token-2", 60) is None
         assert not heartbeat.lost.is_set()
-        deployment.sql("UPDATE ckpt_eval.checkpoints SET lease_token = 'stolen' WHERE name = 'digits-mlp-good'")
+        deployment.sql(
+            "UPDATE ckpt_eval.evaluations SET lease_token = 'stolen' WHERE checkpoint_name = 'digits-mlp-good'"
+        )
         assert heartbeat.lost.wait(timeout=5), "a lost lease is noticed at the next heartbeat"
     beating.close()
     with pytest.raises(LeaseLost):
@@ -118,25 +121,27 @@ def test_heartbeat_keeps_a_lease_alive_and_notices_when_it_is_taken(repositories
 
 def test_without_heartbeats_the_lease_expires_and_is_taken_over(repositories) -> None:
     first, second = repositories
-    assert first.claim("digits-mlp-good", "w1", "token-1", 1) is not None
+    assert first.claim(GOOD_PAIR, "w1", "token-1", 1) is not None
     time.sleep(1.5)
-    taken = second.claim("digits-mlp-good", "w2", "token-2", 60)
+    taken = second.claim(GOOD_PAIR, "w2", "token-2", 60)
     assert taken is not None
     assert taken.attempt == 2
 
 
 def test_release_hands_the_checkpoint_back(repositories, deployment: Deployment) -> None:
     first, second = repositories
-    claim = first.claim("digits-mlp-good", "w1", "token-1", 60)
+    claim = first.claim(GOOD_PAIR, "w1", "token-1", 60)
     first.release(claim)
-    assert deployment.rows("SELECT status FROM ckpt_eval.checkpoints WHERE name = 'digits-mlp-good'") == [["pending"]]
-    assert second.claim("digits-mlp-good", "w2", "token-2", 60) is not None
+    assert deployment.rows("SELECT status FROM ckpt_eval.evaluations WHERE checkpoint_name = 'digits-mlp-good'") == [
+        ["pending"]
+    ]
+    assert second.claim(GOOD_PAIR, "w2", "token-2", 60) is not None
 
 
 def test_repository_reconnects_after_the_connection_is_killed(repositories, deployment: Deployment) -> None:
     first, _ = repositories
     deployment.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ckpt_eval_app'")
-    assert [name for name in first.candidates(None, 10)] == ["digits-mlp-good", "digits-mlp-undertrained"]
+    assert first.candidates(None, 10) == [GOOD_PAIR, ("digits-mlp-undertrained", "digits")]
 
 
 @pytest.mark.parametrize(

@@ -170,7 +170,7 @@ def test_unknown_arch_or_dataset_fails_that_run(deployment: Deployment) -> None:
     assert result.returncode == 3
     errors = dict(deployment.rows("SELECT checkpoint_id, coalesce(error, '') FROM ckpt_eval.latest_evaluations"))
     assert "unknown architecture 'resnet9000'" in errors[str(arch_id)]
-    assert "unknown dataset 'imagenet'" in errors[str(data_id)]
+    assert "dataset 'imagenet' is not registered" in errors[str(data_id)]
     assert "not found" in errors[str(missing_id)]
     assert errors["1"] == ""
 

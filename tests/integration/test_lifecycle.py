@@ -26,7 +26,7 @@ def slow_fashion_checkpoint(deployment: Deployment, images: int = 6000) -> int:
     torch.save(build_model("fashion_cnn").state_dict(), deployment.checkpoint_root / "slow.pt")
     registered = deployment.ckpt_eval("register", "slow.pt", "--arch", "fashion_cnn", "--dataset", "fashion_mnist")
     assert registered.returncode == 0, registered.output
-    deployment.sql("UPDATE ckpt_eval.checkpoints SET status = 'done' WHERE name LIKE 'digits-%'")
+    deployment.sql("UPDATE ckpt_eval.evaluations SET status = 'done' WHERE checkpoint_name LIKE 'digits-%'")
     return int(deployment.rows("SELECT checkpoint_id FROM ckpt_eval.checkpoints WHERE name = 'slow'")[0][0])
 
 
@@ -70,7 +70,7 @@ def test_interrupt_hands_the_checkpoint_back_and_writes_nothing(deployment: Depl
     assert "Traceback" not in stderr
     assert deployment.rows("SELECT count(*) FROM ckpt_eval.evaluation_runs") == [["0"]], stderr
     assert deployment.rows(
-        f"SELECT status, lease_token IS NULL FROM ckpt_eval.checkpoints WHERE checkpoint_id = {checkpoint_id}"
+        f"SELECT status, lease_token IS NULL FROM ckpt_eval.evaluations WHERE checkpoint_id = {checkpoint_id}"
     ) == [["pending", "t"]], stderr
 
 

@@ -35,7 +35,7 @@ def test_run_evaluates_each_checkpoint_once_then_nothing(deployment: Deployment)
     assert run_counts(deployment) == {GOOD: 1, UNDERTRAINED: 1}
     verdicts = dict(deployment.rows("SELECT checkpoint_name, verdict FROM ckpt_eval.latest_evaluations"))
     assert verdicts == {"digits-mlp-good": "pass", "digits-mlp-undertrained": "fail"}
-    assert deployment.rows("SELECT DISTINCT status FROM ckpt_eval.checkpoints") == [["done"]]
+    assert deployment.rows("SELECT DISTINCT status FROM ckpt_eval.evaluations") == [["done"]]
 
     second = deployment.ckpt_eval("run")
     assert second.returncode == 0, second.output
@@ -71,7 +71,7 @@ def test_checkpoint_id_selects_without_touching_others(deployment: Deployment) -
     result = deployment.ckpt_eval("run", "--checkpoint-id", str(GOOD))
     assert result.returncode == 0, result.output
     assert run_counts(deployment) == {GOOD: 1}
-    status = dict(deployment.rows("SELECT checkpoint_id, status FROM ckpt_eval.checkpoints"))
+    status = dict(deployment.rows("SELECT checkpoint_id, status FROM ckpt_eval.evaluations"))
     assert status == {str(GOOD): "done", str(UNDERTRAINED): "pending"}
 
 
@@ -83,12 +83,15 @@ def test_unknown_checkpoint_id_is_a_usage_error(deployment: Deployment) -> None:
 
 
 def test_dry_run_lists_and_changes_nothing(deployment: Deployment) -> None:
-    before = deployment.sql("SELECT name, status, attempt, updated_at FROM ckpt_eval.checkpoints ORDER BY 1")
+    before = deployment.sql("SELECT checkpoint_name, status, attempt, updated_at FROM ckpt_eval.evaluations ORDER BY 1")
     result = deployment.ckpt_eval("run", "--dry-run")
     assert result.returncode == 0, result.output
     assert "digits-mlp-good" in result.stdout
     assert "digits-mlp-undertrained" in result.stdout
-    assert deployment.sql("SELECT name, status, attempt, updated_at FROM ckpt_eval.checkpoints ORDER BY 1") == before
+    assert (
+        deployment.sql("SELECT checkpoint_name, status, attempt, updated_at FROM ckpt_eval.evaluations ORDER BY 1")
+        == before
+    )
     assert run_counts(deployment) == {}
 
     assert deployment.ckpt_eval("run").returncode == 3
@@ -119,11 +122,11 @@ def test_failed_requeues_only_failed_checkpoints(deployment: Deployment) -> None
 
 def test_expired_lease_of_a_crashed_worker_is_taken_over(deployment: Deployment) -> None:
     deployment.sql(
-        "UPDATE ckpt_eval.checkpoints SET status = 'running', attempt = 1, lease_owner = 'dead:1:x', "
+        "UPDATE ckpt_eval.evaluations SET status = 'running', attempt = 1, lease_owner = 'dead:1:x', "
         f"lease_token = 'stale', lease_expires_at = now() - interval '1 minute' WHERE checkpoint_id = {GOOD}"
     )
     deployment.sql(
-        "UPDATE ckpt_eval.checkpoints SET status = 'running', attempt = 1, lease_owner = 'alive:2:y', "
+        "UPDATE ckpt_eval.evaluations SET status = 'running', attempt = 1, lease_owner = 'alive:2:y', "
         f"lease_token = 'fresh', lease_expires_at = now() + interval '1 hour' WHERE checkpoint_id = {UNDERTRAINED}"
     )
     result = deployment.ckpt_eval("run")

@@ -206,7 +206,7 @@ def test_credentials_and_vault_password(deployment: Deployment, figure, case_id:
     assert case.fragment in lines[0]
     assert result.stdout == ""
     assert runs == {}
-    states = query(deployment, "SELECT status, attempt, lease_owner FROM ckpt_eval.checkpoints")
+    states = query(deployment, "SELECT status, attempt, lease_owner FROM ckpt_eval.evaluations")
     assert states == [("pending", 0, None)] * len(DEMO_VERDICTS), "a refused start must claim nothing"
 
 
@@ -528,9 +528,11 @@ def test_bad_checkpoint_input(deployment: Deployment, tmp_path: Path, figure, ca
             text = text.replace(str(deployment.workdir), "<host>")
             shown.append(text if len(text) <= 90 else text[:87] + "...")
     # Every row ended: no lease left behind, nothing still pending.
-    states = query(deployment, "SELECT DISTINCT status FROM ckpt_eval.checkpoints WHERE lease_owner IS NOT NULL")
+    states = query(deployment, "SELECT DISTINCT status FROM ckpt_eval.evaluations WHERE lease_owner IS NOT NULL")
     assert states == []
-    pending = query(deployment, "SELECT name FROM ckpt_eval.checkpoints WHERE status NOT IN ('done', 'failed')")
+    pending = query(
+        deployment, "SELECT checkpoint_name FROM ckpt_eval.evaluations WHERE status NOT IN ('done', 'failed')"
+    )
     assert pending == []
     reported = {o["name"]: o for o in json.loads(result.stdout)["evaluated"]}
     assert set(reported) == set(by_name)

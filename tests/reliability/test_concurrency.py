@@ -33,7 +33,9 @@ def kill_all(workers: list[Worker]) -> None:
 
 
 def our_checkpoints(deployment: Deployment) -> dict[int, str]:
-    rows = deployment.rows("SELECT checkpoint_id, status FROM ckpt_eval.checkpoints WHERE name LIKE 'ckpt-%'")
+    rows = deployment.rows(
+        "SELECT checkpoint_id, status FROM ckpt_eval.evaluations WHERE checkpoint_name LIKE 'ckpt-%'"
+    )
     return {int(checkpoint_id): status for checkpoint_id, status in rows}
 
 
@@ -87,6 +89,45 @@ def test_four_workers_evaluate_each_checkpoint_once(deployment: Deployment, figu
     figure(
         f"wall {wall:.1f} s ({CHECKPOINTS / wall:.1f} ckpt/s incl. start-up); {lost} lost races; "
         f"per worker {'/'.join(map(str, evaluated))}"
+    )
+
+
+@pytest.mark.scenario(
+    "4 workers, 100 checkpoints x 2 datasets",
+    "pairs: every (checkpoint, dataset) ends with exactly one succeeded run; adoption races are harmless",
+)
+def test_four_workers_evaluate_each_pair_once(deployment: Deployment, figure) -> None:
+    pairs_wanted = 100
+    deployment.sql("INSERT INTO ckpt_eval.datasets (name, kind, split) VALUES ('digits_train', 'digits', 'train')")
+    register_many(deployment, pairs_wanted, prefix="pair")  # adopted as pairs on digits by the first runs
+    deployment.sql(
+        "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) "
+        "SELECT name, 'digits_train', checkpoint_id FROM ckpt_eval.checkpoints WHERE name LIKE 'pair-%'"
+    )
+    finish_demo_checkpoints(deployment)
+    started = time.monotonic()
+    workers = [start_worker(deployment, "--log-level", "debug") for _ in range(WORKERS)]
+    try:
+        results = wait_all(workers)
+    finally:
+        kill_all(workers)
+    wall = time.monotonic() - started
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    rows = deployment.rows(
+        "SELECT e.checkpoint_name, e.dataset, e.status, count(r.run_id), "
+        "count(r.run_id) FILTER (WHERE r.status = 'succeeded') FROM ckpt_eval.evaluations e "
+        "LEFT JOIN ckpt_eval.evaluation_runs r ON r.checkpoint_id = e.checkpoint_id AND r.dataset = e.dataset "
+        "WHERE e.checkpoint_name LIKE 'pair-%' GROUP BY 1, 2, 3"
+    )
+    assert len(rows) == 2 * pairs_wanted
+    assert [row for row in rows if row[2:] != ["done", "1", "1"]] == []
+    assert_one_run_per_claim(deployment)
+    adopted = sum(len(re.findall(r"made (\d+) \(checkpoint, dataset\) pair", r.stderr)) for r in results)
+    figure(
+        f"wall {wall:.1f} s for {2 * pairs_wanted} pairs; adopted by {adopted} of {WORKERS} workers; "
+        f"{sum(r.stderr.count(LOST_RACE) for r in results)} lost races"
     )
 
 
@@ -185,7 +226,7 @@ def test_force_reruns_while_workers_run(deployment: Deployment, tmp_path: Path, 
     )
     # A requeue stamps requested_at; the ones before the last first-pass result overlapped the workers.
     overlapped = deployment.rows(
-        "SELECT count(*) FROM ckpt_eval.checkpoints WHERE name LIKE 'ckpt-%' AND requested_at > registered_at "
+        "SELECT count(*) FROM ckpt_eval.evaluations WHERE checkpoint_name LIKE 'ckpt-%' AND requested_at > attached_at "
         "AND requested_at < (SELECT max(finished_at) FROM ckpt_eval.evaluation_runs WHERE attempt = 1)"
     )[0][0]
     figure(

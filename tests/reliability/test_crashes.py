@@ -84,7 +84,7 @@ def job_state(deployment: Deployment) -> tuple[str, int, bool, bool]:
     """(status, attempt, holds a lease token, lease already expired) of the slow checkpoint."""
     status, attempt, token, expired = deployment.rows(
         "SELECT status, attempt, lease_token IS NOT NULL, coalesce(lease_expires_at < now(), false) "
-        "FROM ckpt_eval.checkpoints WHERE name = 'slow'"
+        "FROM ckpt_eval.evaluations WHERE checkpoint_name = 'slow'"
     )[0]
     return status, int(attempt), token == "t", expired == "t"
 

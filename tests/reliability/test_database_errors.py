@@ -96,7 +96,7 @@ def test_database_errors_map_to_their_exit_codes(deployment: Deployment, figure,
         assert fragment in lines[-1], lines[-1]
     assert "reconnecting" not in result.stderr, "a configuration problem must not be retried as an outage"
     with deployment.superuser() as conn:
-        leases = conn.execute("SELECT count(*) FROM ckpt_eval.checkpoints WHERE status = 'running'").fetchone()
+        leases = conn.execute("SELECT count(*) FROM ckpt_eval.evaluations WHERE status = 'running'").fetchone()
     assert leases == (0,), "whatever was claimed is handed back"
 
 

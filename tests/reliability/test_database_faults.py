@@ -79,7 +79,9 @@ def assert_nothing_half_written(deployment: Deployment) -> None:
 )
 def test_server_restart_in_the_middle_of_a_run(own_deployment: Deployment, figure) -> None:
     add_slow_checkpoint(own_deployment)
-    own_deployment.sql("UPDATE ckpt_eval.checkpoints SET requested_at = now() - interval '1 hour' WHERE name = 'slow'")
+    own_deployment.sql(
+        "UPDATE ckpt_eval.evaluations SET requested_at = now() - interval '1 hour' WHERE checkpoint_name = 'slow'"
+    )
     worker = start_worker(own_deployment, "--batch-size", "1", "--db-retries", "8", "--db-retry-seconds", "60")
     wait_until_evaluating(worker, "slow")
     own_deployment.cluster.stop("immediate")
@@ -138,7 +140,7 @@ def test_statement_timeout_then_recovery(deployment: Deployment, figure) -> None
     assert blocked.returncode == 75, blocked.stderr[-2000:]
     assert "statement timeout" in blocked.stderr or "canceling statement" in blocked.stderr
     assert run_counts(deployment) == {}
-    assert deployment.rows("SELECT DISTINCT status FROM ckpt_eval.checkpoints") == [["pending"]]
+    assert deployment.rows("SELECT DISTINCT status FROM ckpt_eval.evaluations") == [["pending"]]
     recovered = deployment.ckpt_eval("run")
     assert recovered.returncode == 3
     assert run_counts(deployment) == {"digits-mlp-good": 1, "digits-mlp-undertrained": 1}
@@ -148,7 +150,9 @@ def test_statement_timeout_then_recovery(deployment: Deployment, figure) -> None
 @pytest.mark.scenario("Connection dropped", "killed between claim and finish: the job reconnects, writes once")
 def test_connection_dropped_between_claim_and_finish(deployment: Deployment, figure) -> None:
     add_slow_checkpoint(deployment)
-    deployment.sql("UPDATE ckpt_eval.checkpoints SET requested_at = now() - interval '1 hour' WHERE name = 'slow'")
+    deployment.sql(
+        "UPDATE ckpt_eval.evaluations SET requested_at = now() - interval '1 hour' WHERE checkpoint_name = 'slow'"
+    )
     worker = start_worker(deployment, "--batch-size", "1")
     wait_until_evaluating(worker, "slow")
     killed = deployment.sql(

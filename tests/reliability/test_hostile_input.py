@@ -200,7 +200,9 @@ def test_hostile_checkpoint_is_parsed_in_bounds(deployment: Deployment, figure, 
     assert (status, verdict) == ("failed", "fail")
     assert re.search(case.reason, error), error
     with deployment.superuser() as conn:
-        [(attempt,)] = conn.execute("SELECT attempt FROM ckpt_eval.checkpoints WHERE name = 'hostile'").fetchall()
+        [(attempt,)] = conn.execute(
+            "SELECT attempt FROM ckpt_eval.evaluations WHERE checkpoint_name = 'hostile'"
+        ).fetchall()
     assert attempt == 1, "the lease must stay alive while the parser works"
     assert "lease lost" not in result.output
     assert measured.max_rss_mb < 1024, "the worker never holds what the parser expands"
@@ -386,7 +388,7 @@ def test_bad_flags_are_usage_errors(deployment: Deployment, figure, case_id: str
     assert_no_raw_control(result.output)
     with deployment.superuser() as conn:
         assert conn.execute("SELECT count(*) FROM ckpt_eval.evaluation_runs").fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM ckpt_eval.checkpoints WHERE status <> 'pending'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM ckpt_eval.evaluations WHERE status <> 'pending'").fetchone() == (0,)
 
 
 # --------------------------------------------------------------------------- secret sources

@@ -80,10 +80,10 @@ def run_workers(deployment: Deployment, logs: Path, label: str, count: int) -> t
 def assert_exactly_one_success(deployment: Deployment, prefix: str, expected: int) -> None:
     rows = deployment.rows(
         "SELECT count(*), count(*) FILTER (WHERE c.status = 'done'), "
-        "count(*) FILTER (WHERE r.runs = 1 AND r.succeeded = 1) FROM ckpt_eval.checkpoints c "
+        "count(*) FILTER (WHERE r.runs = 1 AND r.succeeded = 1) FROM ckpt_eval.evaluations c "
         "LEFT JOIN (SELECT checkpoint_id, count(*) AS runs, count(*) FILTER (WHERE status = 'succeeded') "
         "AS succeeded FROM ckpt_eval.evaluation_runs GROUP BY 1) r USING (checkpoint_id) "
-        f"WHERE c.name LIKE '{prefix}-%'"
+        f"WHERE c.checkpoint_name LIKE '{prefix}-%'"
     )
     assert rows == [[str(expected)] * 3], f"(checkpoints, done, exactly one succeeded run) = {rows}"
 
@@ -129,7 +129,7 @@ def test_two_thousand_checkpoints_two_workers(deployment: Deployment, tmp_path: 
         assert "Traceback" not in result.stderr
     assert sum(result.evaluated for result in results) == LARGE
     assert_exactly_one_success(deployment, "load", LARGE)
-    assert deployment.rows("SELECT count(*) FROM ckpt_eval.checkpoints WHERE status IN ('pending', 'running')") == [
+    assert deployment.rows("SELECT count(*) FROM ckpt_eval.evaluations WHERE status IN ('pending', 'running')") == [
         ["0"]
     ]
 

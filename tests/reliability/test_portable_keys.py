@@ -129,7 +129,7 @@ def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp
                 "VALUES (%s, 'accuracy', '', 0.9)",
                 (run_id,),
             )
-        conn.execute("UPDATE ckpt_eval.checkpoints SET status = 'done' WHERE name LIKE 'digits-mlp-%'")
+        conn.execute("UPDATE ckpt_eval.evaluations SET status = 'done' WHERE checkpoint_name LIKE 'digits-mlp-%'")
     refused = old.ckpt_eval("run")
     assert refused.returncode == 78, refused.output
     assert "schema version 1; this ckpt-eval needs 2" in refused.stderr

@@ -145,12 +145,31 @@ def _registry(deployment: Deployment) -> list[tuple[object, ...]]:
 @pytest.mark.scenario("App role allowed", "the control: exactly what the job needs works as ckpt_eval_app")
 def test_app_role_can_do_what_the_job_needs(deployment: Deployment, figure) -> None:
     with connect_app(deployment, autocommit=False) as conn:
-        for table in ("checkpoints", "evaluation_runs", "evaluation_metrics", "latest_evaluations", "schema_version"):
+        tables = (
+            "checkpoints",
+            "datasets",
+            "evaluations",
+            "evaluation_runs",
+            "evaluation_metrics",
+            "latest_evaluations",
+            "schema_version",
+        )
+        for table in tables:
             conn.execute(f"SELECT count(*) FROM ckpt_eval.{table}").fetchone()
         claimed = conn.execute(
-            "UPDATE ckpt_eval.checkpoints SET status = 'running', attempt = attempt + 1, lease_owner = 'test', "
-            "lease_token = 't', lease_expires_at = now(), requested_at = now(), updated_at = now()"
+            "UPDATE ckpt_eval.evaluations SET status = 'running', attempt = attempt + 1, lease_owner = 'test', "
+            "lease_token = 't', lease_expires_at = now(), requested_at = now(), updated_at = now(), "
+            "dataset_fingerprint = NULL"
         ).rowcount
+        conn.execute(
+            "INSERT INTO ckpt_eval.datasets (name, kind, source, feature_columns, label_column) "
+            "VALUES ('control', 'table', 'public.t', ARRAY['a'], 'y')"
+        )
+        conn.execute("UPDATE ckpt_eval.datasets SET fingerprint = repeat('0', 64), fingerprinted_at = now()")
+        conn.execute(
+            "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) "
+            "VALUES ('control', 'control', 9)"
+        )
         conn.execute(
             "INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256) "
             "VALUES ('control', 'control.pt', 'digits_mlp', 'digits', repeat('0', 64))"
@@ -166,7 +185,7 @@ def test_app_role_can_do_what_the_job_needs(deployment: Deployment, figure) -> N
         )
         conn.rollback()
     assert claimed == 2
-    figure("SELECT 5 relations, UPDATE job state, INSERT registry/run/metric: allowed (rolled back)")
+    figure("SELECT 7 relations, UPDATE job state, INSERT registry/dataset/pair/run/metric: allowed (rolled back)")
 
 
 @pytest.mark.scenario(

@@ -294,7 +294,7 @@ def test_job_refused_without_verified_tls(
     assert "Traceback" not in result.stderr
     assert APP_PASSWORD not in result.stdout + result.stderr
     assert run_counts(job) == {}
-    assert job.rows("SELECT DISTINCT status FROM ckpt_eval.checkpoints") == [["pending"]]
+    assert job.rows("SELECT DISTINCT status FROM ckpt_eval.evaluations") == [["pending"]]
 
 
 @pytest.mark.scenario("TLS name check is the cause", "the db.example certificate chains to the CA: verify-ca connects")

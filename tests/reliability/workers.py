@@ -22,7 +22,7 @@ def register_many(deployment: Deployment, count: int, prefix: str = "ckpt", path
 
 def finish_demo_checkpoints(deployment: Deployment) -> None:
     """Take the two demo checkpoints out of the queue so a scenario sees only its own."""
-    deployment.sql("UPDATE ckpt_eval.checkpoints SET status = 'done' WHERE name LIKE 'digits-mlp-%'")
+    deployment.sql("UPDATE ckpt_eval.evaluations SET status = 'done' WHERE checkpoint_name LIKE 'digits-mlp-%'")
 
 
 @dataclass

@@ -132,7 +132,12 @@ class Deployment:
                 "VALUES (%s, %s, %s, %s, %s) RETURNING checkpoint_id",
                 (name, path, arch, dataset, sha256),
             ).fetchone()
-        assert row is not None
+            assert row is not None
+            # Its pending (checkpoint, dataset) pair, as `register` makes it (a run would adopt the row too).
+            conn.execute(
+                "INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id) VALUES (%s, %s, %s)",
+                (name, dataset, row[0]),
+            )
         return int(row[0])
 
 

@@ -18,6 +18,7 @@ def outcome(checkpoint_id: int = 1, **changes) -> Outcome:
     values = {
         "checkpoint_id": checkpoint_id,
         "name": f"ckpt-{checkpoint_id}",
+        "dataset": "digits",
         "attempt": 1,
         "run_id": 100 + checkpoint_id,
         "status": "succeeded",
@@ -242,7 +243,7 @@ def test_summary_text_shows_values_and_dashes() -> None:
     assert row[4][accuracy_at:].split()[0] == "-"
     assert row[8][accuracy_at:].split()[0] == "nan"
     assert "sha256 mismatch" in row[5]
-    assert row[7].split()[1:5] == ["ckpt-7", "1", "-", "lost"]
+    assert row[7].split()[1:6] == ["ckpt-7", "digits", "1", "-", "lost"]
 
 
 def test_summary_text_without_lost_has_no_lost_clause() -> None:
@@ -269,6 +270,7 @@ def test_summary_json_round_trips() -> None:
     assert set(data["evaluated"][0]) == {
         "checkpoint_id",
         "name",
+        "dataset",
         "attempt",
         "run_id",
         "status",

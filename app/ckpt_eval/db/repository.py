@@ -8,7 +8,7 @@ commit outcome is unknown is resolved by looking for the run row carrying our le
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ClaimedCheckpoint:
+    """A claimed (checkpoint, dataset) pair: the checkpoint's registry row and the dataset's definition."""
+
     checkpoint_id: int
     name: str
     path: str
@@ -40,6 +42,16 @@ class ClaimedCheckpoint:
     min_f1_macro: float | None
     attempt: int
     lease_token: str
+    dataset_row: Mapping[str, Any] | None = None  # the ckpt_eval.datasets row; None: not registered
+
+    @property
+    def key(self) -> dict[str, str]:
+        return {"name": self.name, "dataset": self.dataset}
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name the pair: id, checkpoint name and dataset, escaped."""
+        return f"checkpoint {self.checkpoint_id} {quoted(self.name)} on {quoted(self.dataset, 60)}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class RunRecord:
     min_f1_macro: float
     confusion_matrix: str | None
     metrics: Sequence[tuple[str, str, float]]
+    arch_package: str | None = None
+    arch_version: str | None = None
 
     @property
     def job_status(self) -> str:
@@ -71,6 +85,13 @@ class RunRecord:
 
 def _ids_param(ids: Sequence[int] | None) -> list[int] | None:
     return list(ids) if ids else None
+
+
+def _selection(ids: Sequence[int] | None, datasets: Sequence[str] | None) -> dict[str, Any]:
+    return {"ids": _ids_param(ids), "datasets": list(datasets) if datasets else None}
+
+
+_DATASET_PREFIX = "dataset_"
 
 
 class Repository:
@@ -150,19 +171,35 @@ class Repository:
         if missing:
             raise UsageError(f"no checkpoint with id {', '.join(map(str, missing))}")
 
-    def planned(self, ids: Sequence[int] | None, force: bool, failed: bool) -> list[dict[str, Any]]:
+    def check_datasets_exist(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        rows = self._with_retry(
+            lambda conn: conn.execute(sql.KNOWN_DATASETS, {"names": list(names)}).fetchall(), "dataset lookup"
+        )
+        missing = sorted(set(names) - {row[0] for row in rows})
+        if missing:
+            shown = ", ".join(quoted(name, 60) for name in missing)
+            raise UsageError(f"no dataset named {shown} is registered (ckpt-eval dataset list)")
+
+    def planned(
+        self, ids: Sequence[int] | None, force: bool, failed: bool, datasets: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         def query(conn: psycopg.Connection) -> list[dict[str, Any]]:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            params = {"ids": _ids_param(ids), "now": now, "force": force, "failed": failed}
+            params = {**_selection(ids, datasets), "now": now, "force": force, "failed": failed}
             with conn.cursor(row_factory=dict_row) as cur:
                 return cur.execute(sql.PLANNED, params).fetchall()
 
         return self._with_retry(query, "planning")
 
-    def running_elsewhere(self, ids: Sequence[int] | None) -> list[tuple[int, str]]:
-        def query(conn: psycopg.Connection) -> list[tuple[int, str]]:
+    def running_elsewhere(
+        self, ids: Sequence[int] | None, datasets: Sequence[str] | None = None
+    ) -> list[tuple[int, str, str]]:
+        def query(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            return [tuple(row) for row in conn.execute(sql.RUNNING_SELECTED, {"ids": _ids_param(ids), "now": now})]  # type: ignore[misc]
+            params = {**_selection(ids, datasets), "now": now}
+            return [tuple(row) for row in conn.execute(sql.RUNNING_SELECTED, params)]  # type: ignore[misc]
 
         return self._with_retry(query, "listing running checkpoints")
 
@@ -174,34 +211,92 @@ class Repository:
         return self._with_retry(query, "reading status")
 
     # -- queueing -----------------------------------------------------------------------------
-    def requeue(self, ids: Sequence[int] | None, *, force: bool, failed: bool) -> int:
-        """Put finished checkpoints back to pending (``force``: done and failed; ``failed``: failed only)."""
+    def requeue(
+        self, ids: Sequence[int] | None, *, force: bool, failed: bool, datasets: Sequence[str] | None = None
+    ) -> int:
+        """Put finished pairs back to pending (``force``: done and failed; ``failed``: failed only)."""
         statement = sql.REQUEUE_FINISHED if force else sql.REQUEUE_FAILED if failed else None
         if statement is None:
             return 0
 
         def update(conn: psycopg.Connection) -> int:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            return conn.execute(statement, {"ids": _ids_param(ids), "now": now}).rowcount
+            return conn.execute(statement, {**_selection(ids, datasets), "now": now}).rowcount
 
         return self._with_retry(update, "requeueing")
 
-    # -- the claim protocol -------------------------------------------------------------------
-    def candidates(self, ids: Sequence[int] | None, limit: int) -> list[str]:
+    def adopt_registered(self) -> int:
+        """Make pairs of checkpoint rows inserted with a dataset the version-2 way (see sql.ADOPT_REGISTERED)."""
+
+        def insert(conn: psycopg.Connection) -> int:
+            try:
+                return conn.execute(sql.ADOPT_REGISTERED).rowcount
+            except psycopg.errors.UniqueViolation:  # another worker adopted the same rows just now
+                return 0
+
+        return self._with_retry(insert, "adopting registered checkpoints")
+
+    def datasets_to_check(self, ids: Sequence[int] | None, datasets: Sequence[str] | None) -> list[str]:
         def query(conn: psycopg.Connection) -> list[str]:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            rows = conn.execute(sql.CANDIDATES, {"ids": _ids_param(ids), "now": now, "limit": limit}).fetchall()
-            return [row[0] for row in rows]
+            return [row[0] for row in conn.execute(sql.DATASETS_TO_CHECK, {**_selection(ids, datasets), "now": now})]
+
+        return self._with_retry(query, "finding datasets to check")
+
+    def dataset(self, name: str) -> dict[str, Any] | None:
+        def query(conn: psycopg.Connection) -> dict[str, Any] | None:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(sql.DATASET, {"name": name}).fetchone()
+
+        return self._with_retry(query, "reading a dataset")
+
+    def datasets(self) -> list[dict[str, Any]]:
+        def query(conn: psycopg.Connection) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(sql.DATASETS).fetchall()
+
+        return self._with_retry(query, "listing datasets")
+
+    def dataset_pairs(self, name: str) -> list[dict[str, Any]]:
+        def query(conn: psycopg.Connection) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(sql.DATASET_PAIRS, {"name": name}).fetchall()
+
+        return self._with_retry(query, "listing a dataset's checkpoints")
+
+    def record_dataset_version(self, dataset: str, fingerprint: str) -> int:
+        """Remember the dataset version just seen; queue again the pairs evaluated on another one."""
+
+        def update(conn: psycopg.Connection) -> int:
+            now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
+            params = {"dataset": dataset, "fingerprint": fingerprint, "now": now}
+            conn.execute(sql.RECORD_DATASET_VERSION, params)
+            return conn.execute(sql.REQUEUE_STALE, params).rowcount
+
+        return self._with_retry(update, "recording a dataset version")
+
+    # -- the claim protocol -------------------------------------------------------------------
+    def candidates(
+        self, ids: Sequence[int] | None, limit: int, datasets: Sequence[str] | None = None
+    ) -> list[tuple[str, str]]:
+        """Claimable (checkpoint name, dataset) pairs, oldest request first."""
+
+        def query(conn: psycopg.Connection) -> list[tuple[str, str]]:
+            now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
+            params = {**_selection(ids, datasets), "now": now, "limit": limit}
+            return [(row[0], row[1]) for row in conn.execute(sql.CANDIDATES, params).fetchall()]
 
         return self._with_retry(query, "finding pending checkpoints")
 
-    def claim(self, name: str, owner: str, token: str, lease_seconds: float) -> ClaimedCheckpoint | None:
-        """Compare-and-set claim; None when another worker won the race."""
+    def claim(self, pair: tuple[str, str], owner: str, token: str, lease_seconds: float) -> ClaimedCheckpoint | None:
+        """Compare-and-set claim of a (checkpoint name, dataset) pair; None when another worker won the race."""
+        name, dataset = pair
 
         def attempt(conn: psycopg.Connection) -> ClaimedCheckpoint | None:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
             params = {
                 "name": name,
+                "dataset": dataset,
                 "owner": owner,
                 "token": token,
                 "now": now,
@@ -216,10 +311,14 @@ class Repository:
                     return None
                 raise
             with conn.cursor(row_factory=dict_row) as cur:
-                row = cur.execute(sql.CLAIMED, {"name": name, "token": token}).fetchone()
+                row = cur.execute(sql.CLAIMED, {"name": name, "dataset": dataset, "token": token}).fetchone()
             if row is None:  # lease taken over in between: vanishingly rare, still a lost race
                 return None
-            return ClaimedCheckpoint(lease_token=token, **row)
+            dataset_row = {
+                key[len(_DATASET_PREFIX) :]: row.pop(key) for key in list(row) if key.startswith(_DATASET_PREFIX)
+            }
+            registered = dataset_row.get("name") is not None
+            return ClaimedCheckpoint(lease_token=token, dataset_row=dataset_row if registered else None, **row)
 
         return self._with_retry(attempt, "claiming")
 
@@ -229,7 +328,7 @@ class Repository:
         def extend(conn: psycopg.Connection) -> bool:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
             params = {
-                "name": claim.name,
+                **claim.key,
                 "token": claim.lease_token,
                 "now": now,
                 "expires": now + timedelta(seconds=lease_seconds),
@@ -249,13 +348,16 @@ class Repository:
             with conn.transaction():
                 fenced = conn.execute(
                     sql.FINISH_JOB,
-                    {"status": record.job_status, "now": now, "name": claim.name, "token": claim.lease_token},
+                    {
+                        **claim.key,
+                        "status": record.job_status,
+                        "now": now,
+                        "token": claim.lease_token,
+                        "fingerprint": record.dataset_sha256,
+                    },
                 )
                 if fenced.rowcount != 1:
-                    raise LeaseLost(
-                        f"checkpoint {claim.checkpoint_id} ({quoted(claim.name)}): lease lost to another worker; "
-                        "result discarded"
-                    )
+                    raise LeaseLost(f"{claim.label}: lease lost to another worker; result discarded")
                 run_id = conn.execute(sql.INSERT_RUN, self._run_params(claim, record)).fetchone()[0]  # type: ignore[index]
                 with conn.cursor() as cur:
                     cur.executemany(sql.INSERT_METRIC, [(run_id, m, label, v) for m, label, v in record.metrics])
@@ -266,7 +368,7 @@ class Repository:
     def release(self, claim: ClaimedCheckpoint) -> None:
         def update(conn: psycopg.Connection) -> None:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            conn.execute(sql.RELEASE_JOB, {"name": claim.name, "token": claim.lease_token, "now": now})
+            conn.execute(sql.RELEASE_JOB, {**claim.key, "token": claim.lease_token, "now": now})
 
         self._with_retry(update, "releasing a lease")
 
@@ -299,6 +401,8 @@ class Repository:
             "min_accuracy": record.min_accuracy,
             "min_f1_macro": record.min_f1_macro,
             "confusion_matrix": record.confusion_matrix,
+            "arch_package": record.arch_package,
+            "arch_version": record.arch_version,
         }
 
     # -- registration -------------------------------------------------------------------------
@@ -308,29 +412,77 @@ class Repository:
         name: str,
         path: str,
         arch: str,
-        dataset: str,
+        datasets: Sequence[str],
         sha256: str,
         min_accuracy: float | None,
         min_f1_macro: float | None,
     ) -> int:
+        """Register a checkpoint and one pending pair per dataset, in one transaction."""
+        if not datasets:
+            raise UsageError("a checkpoint needs at least one dataset")
         params = {
             "name": name,
             "path": path,
             "arch": arch,
-            "dataset": dataset,
+            "dataset": datasets[0],
             "sha256": sha256,
             "min_accuracy": min_accuracy,
             "min_f1_macro": min_f1_macro,
         }
+        self.check_datasets_exist(datasets)
 
         def insert(conn: psycopg.Connection) -> int:
             if conn.execute(sql.NAME_TAKEN, params).fetchone() is not None:
                 raise UsageError(f"a checkpoint named {quoted(name)} is already registered")
             try:
-                return int(conn.execute(sql.REGISTER, params).fetchone()[0])  # type: ignore[index]
+                with conn.transaction():
+                    checkpoint_id = int(conn.execute(sql.REGISTER, params).fetchone()[0])  # type: ignore[index]
+                    for dataset in dict.fromkeys(datasets):
+                        conn.execute(sql.ATTACH, {"name": name, "dataset": dataset, "checkpoint_id": checkpoint_id})
+                return checkpoint_id
             except psycopg.errors.UniqueViolation:
                 raise UsageError(f"a checkpoint named {quoted(name)} is already registered") from None
             except psycopg.errors.CheckViolation as exc:
                 raise UsageError(f"the registry refused the checkpoint: {server_message(exc)}") from None
 
         return self._with_retry(insert, "registering")
+
+    def attach(self, checkpoint: str, dataset: str) -> tuple[int, str]:
+        """Add the pending pair (checkpoint, dataset); CHECKPOINT is a name or an id."""
+        self.check_datasets_exist([dataset])
+        handle_id = int(checkpoint) if checkpoint.isdigit() and int(checkpoint) < 2**63 else None
+
+        def insert(conn: psycopg.Connection) -> tuple[int, str]:
+            row = conn.execute(sql.CHECKPOINT_BY_HANDLE, {"handle": checkpoint, "id": handle_id}).fetchone()
+            if row is None:
+                raise UsageError(f"no checkpoint named or numbered {quoted(checkpoint, 60)}")
+            checkpoint_id, name = int(row[0]), str(row[1])
+            params = {"name": name, "dataset": dataset, "checkpoint_id": checkpoint_id}
+            if conn.execute(sql.PAIR_EXISTS, params).fetchone() is not None:
+                raise UsageError(f"checkpoint {checkpoint_id} {quoted(name)} is already attached to {quoted(dataset)}")
+            try:
+                conn.execute(sql.ATTACH, params)
+            except psycopg.errors.UniqueViolation:
+                raise UsageError(
+                    f"checkpoint {checkpoint_id} {quoted(name)} is already attached to {quoted(dataset)}"
+                ) from None
+            return checkpoint_id, name
+
+        return self._with_retry(insert, "attaching a dataset")
+
+    def add_dataset(self, definition: Mapping[str, Any]) -> None:
+        """Insert a dataset definition (changing or deleting one is the owner's job)."""
+        params = {key: definition.get(key) for key in sql.ADD_DATASET_KEYS}
+        name = str(params["name"])
+
+        def insert(conn: psycopg.Connection) -> None:
+            if conn.execute(sql.DATASET, {"name": name}).fetchone() is not None:
+                raise UsageError(f"a dataset named {quoted(name)} is already registered")
+            try:
+                conn.execute(sql.ADD_DATASET, params)
+            except psycopg.errors.UniqueViolation:
+                raise UsageError(f"a dataset named {quoted(name)} is already registered") from None
+            except psycopg.errors.CheckViolation as exc:
+                raise UsageError(f"the registry refused the dataset: {server_message(exc)}") from None
+
+        self._with_retry(insert, "adding a dataset")

@@ -8,7 +8,7 @@ per step), no upserts. See docs: greenplum-dialect.md section 3.
 SERVER_NOW = "SELECT now()"
 
 # The schema version this release needs (init.sql's header and its schema_version rows).
-REQUIRED_SCHEMA_VERSION = 2
+REQUIRED_SCHEMA_VERSION = 3
 SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM ckpt_eval.schema_version"
 
 IS_GREENPLUM = """
@@ -18,59 +18,89 @@ SELECT EXISTS (
     WHERE n.nspname = 'pg_catalog' AND c.relname = 'gp_segment_configuration')
 """
 
-_SELECTED = "(%(ids)s::bigint[] IS NULL OR checkpoint_id = ANY(%(ids)s::bigint[]))"
-_CLAIMABLE = "(status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s))"
+
+def _selected(alias: str = "") -> str:
+    """The operator's selection: --checkpoint-id and --dataset (NULL arrays select everything)."""
+    return (
+        f"(%(ids)s::bigint[] IS NULL OR {alias}checkpoint_id = ANY(%(ids)s::bigint[]))"
+        f" AND (%(datasets)s::text[] IS NULL OR {alias}dataset = ANY(%(datasets)s::text[]))"
+    )
+
+
+def _claimable(alias: str = "") -> str:
+    return f"({alias}status = 'pending' OR ({alias}status = 'running' AND {alias}lease_expires_at < %(now)s))"
+
+
+_SELECTED = _selected()
+_CLAIMABLE = _claimable()
+_PAIR = "checkpoint_name = %(name)s AND dataset = %(dataset)s"
+
+# Checkpoint rows inserted the version-2 way (with their dataset, by an operator's SQL or an older
+# ckpt-eval) become pairs; two workers adopting at once collide on the key and one of them gives way.
+ADOPT_REGISTERED = """
+INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id)
+SELECT c.name, c.dataset, c.checkpoint_id FROM ckpt_eval.checkpoints c
+WHERE c.dataset IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM ckpt_eval.evaluations e WHERE e.checkpoint_name = c.name AND e.dataset = c.dataset)
+"""
 
 CANDIDATES = f"""
-SELECT name FROM ckpt_eval.checkpoints
+SELECT checkpoint_name, dataset FROM ckpt_eval.evaluations
 WHERE {_CLAIMABLE} AND {_SELECTED}
-ORDER BY requested_at, checkpoint_id
+ORDER BY requested_at, checkpoint_id, dataset
 LIMIT %(limit)s
 """
 
 CLAIM = f"""
-UPDATE ckpt_eval.checkpoints
+UPDATE ckpt_eval.evaluations
 SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s, lease_token = %(token)s,
     lease_expires_at = %(expires)s, updated_at = %(now)s
-WHERE name = %(name)s AND {_CLAIMABLE}
+WHERE {_PAIR} AND {_CLAIMABLE}
 """
 
+# The claimed pair with its checkpoint and the dataset's definition (no row: the dataset is not registered).
 CLAIMED = """
-SELECT checkpoint_id, name, path, arch, dataset, sha256, min_accuracy, min_f1_macro, attempt
-FROM ckpt_eval.checkpoints
-WHERE name = %(name)s AND lease_token = %(token)s AND status = 'running'
+SELECT c.checkpoint_id, c.name, c.path, c.arch, e.dataset, c.sha256, c.min_accuracy, c.min_f1_macro, e.attempt,
+       d.name AS dataset_name, d.kind AS dataset_kind, d.source AS dataset_source, d.split AS dataset_split,
+       d.feature_columns AS dataset_feature_columns, d.label_column AS dataset_label_column,
+       d.class_names AS dataset_class_names, d.fingerprint AS dataset_fingerprint
+FROM ckpt_eval.evaluations e
+JOIN ckpt_eval.checkpoints c ON c.name = e.checkpoint_name
+LEFT JOIN ckpt_eval.datasets d ON d.name = e.dataset
+WHERE e.checkpoint_name = %(name)s AND e.dataset = %(dataset)s AND e.lease_token = %(token)s AND e.status = 'running'
 """
 
-HEARTBEAT = """
-UPDATE ckpt_eval.checkpoints
+HEARTBEAT = f"""
+UPDATE ckpt_eval.evaluations
 SET lease_expires_at = %(expires)s, updated_at = %(now)s
-WHERE name = %(name)s AND lease_token = %(token)s AND status = 'running'
+WHERE {_PAIR} AND lease_token = %(token)s AND status = 'running'
 """
 
 # The fencing step: only the holder of the current token may finish; rowcount 0 means it lost.
-FINISH_JOB = """
-UPDATE ckpt_eval.checkpoints
-SET status = %(status)s, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = %(now)s
-WHERE name = %(name)s AND lease_token = %(token)s AND status = 'running'
+FINISH_JOB = f"""
+UPDATE ckpt_eval.evaluations
+SET status = %(status)s, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = %(now)s,
+    dataset_fingerprint = %(fingerprint)s
+WHERE {_PAIR} AND lease_token = %(token)s AND status = 'running'
 """
 
-# A worker that stops early (interrupted) hands the checkpoint back untouched.
-RELEASE_JOB = """
-UPDATE ckpt_eval.checkpoints
+# A worker that stops early (interrupted) hands the pair back untouched.
+RELEASE_JOB = f"""
+UPDATE ckpt_eval.evaluations
 SET status = 'pending', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = %(now)s
-WHERE name = %(name)s AND lease_token = %(token)s AND status = 'running'
+WHERE {_PAIR} AND lease_token = %(token)s AND status = 'running'
 """
 
 INSERT_RUN = """
 INSERT INTO ckpt_eval.evaluation_runs (
     checkpoint_id, checkpoint_name, attempt, dataset, dataset_sha256, checkpoint_sha256, status, verdict,
     verdict_reasons, error, started_at, finished_at, duration_seconds, n_samples, worker_host, worker_pid,
-    app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix)
+    app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version)
 VALUES (
     %(checkpoint_id)s, %(checkpoint_name)s, %(attempt)s, %(dataset)s, %(dataset_sha256)s, %(checkpoint_sha256)s,
     %(status)s, %(verdict)s, %(verdict_reasons)s, %(error)s, %(started_at)s, %(finished_at)s,
     %(duration_seconds)s, %(n_samples)s, %(worker_host)s, %(worker_pid)s, %(app_version)s, %(lease_token)s,
-    %(min_accuracy)s, %(min_f1_macro)s, %(confusion_matrix)s)
+    %(min_accuracy)s, %(min_f1_macro)s, %(confusion_matrix)s, %(arch_package)s, %(arch_version)s)
 RETURNING run_id
 """
 
@@ -83,42 +113,82 @@ VALUES (%s, %s, %s, %s)
 """
 
 REQUEUE_FINISHED = f"""
-UPDATE ckpt_eval.checkpoints
+UPDATE ckpt_eval.evaluations
 SET status = 'pending', requested_at = %(now)s, updated_at = %(now)s
 WHERE status IN ('done', 'failed') AND {_SELECTED}
 """
 
 REQUEUE_FAILED = f"""
-UPDATE ckpt_eval.checkpoints
+UPDATE ckpt_eval.evaluations
 SET status = 'pending', requested_at = %(now)s, updated_at = %(now)s
 WHERE status = 'failed' AND {_SELECTED}
 """
 
+# A new dataset version: the pairs last evaluated on another version are queued again (history kept).
+# A pair whose latest run never saw the dataset whole (fingerprint NULL) waits for `run --failed`.
+REQUEUE_STALE = """
+UPDATE ckpt_eval.evaluations
+SET status = 'pending', requested_at = %(now)s, updated_at = %(now)s
+WHERE dataset = %(dataset)s AND status IN ('done', 'failed')
+  AND dataset_fingerprint IS NOT NULL AND dataset_fingerprint <> %(fingerprint)s
+"""
+
+RECORD_DATASET_VERSION = """
+UPDATE ckpt_eval.datasets SET fingerprint = %(fingerprint)s, fingerprinted_at = %(now)s
+WHERE name = %(dataset)s AND (fingerprint IS NULL OR fingerprint <> %(fingerprint)s)
+"""
+
+# Datasets whose finished pairs could be stale and that no pending pair of this run will read anyway.
+DATASETS_TO_CHECK = f"""
+SELECT DISTINCT e.dataset FROM ckpt_eval.evaluations e
+WHERE e.status IN ('done', 'failed') AND e.dataset_fingerprint IS NOT NULL AND {_selected("e.")}
+  AND NOT EXISTS (SELECT 1 FROM ckpt_eval.evaluations p WHERE p.dataset = e.dataset AND {_claimable("p.")})
+ORDER BY e.dataset
+"""
+
+_PLANNED_PAIRS = f"""
+SELECT e.checkpoint_id, e.checkpoint_name AS name, c.arch, e.dataset, e.status, e.attempt, e.requested_at
+FROM ckpt_eval.evaluations e JOIN ckpt_eval.checkpoints c ON c.name = e.checkpoint_name
+WHERE {_selected("e.")} AND (
+    {_claimable("e.")}
+    OR (%(force)s AND e.status IN ('done', 'failed'))
+    OR (%(failed)s AND e.status = 'failed'))
+"""
+
+# Rows not adopted yet count as pending pairs: the dry run changes nothing, not even that.
 PLANNED = f"""
-SELECT checkpoint_id, name, arch, dataset, status, attempt
-FROM ckpt_eval.checkpoints
-WHERE {_SELECTED} AND (
-    {_CLAIMABLE}
-    OR (%(force)s AND status IN ('done', 'failed'))
-    OR (%(failed)s AND status = 'failed'))
-ORDER BY requested_at, checkpoint_id
+SELECT checkpoint_id, name, arch, dataset, status, attempt FROM (
+{_PLANNED_PAIRS}
+UNION ALL
+SELECT c.checkpoint_id, c.name, c.arch, c.dataset, 'pending', 0, c.requested_at
+FROM ckpt_eval.checkpoints c
+WHERE c.dataset IS NOT NULL
+  AND {_selected("c.")}
+  AND NOT EXISTS (SELECT 1 FROM ckpt_eval.evaluations e WHERE e.checkpoint_name = c.name AND e.dataset = c.dataset)
+) planned
+ORDER BY requested_at, checkpoint_id, dataset
 """
 
 RUNNING_SELECTED = f"""
-SELECT checkpoint_id, name FROM ckpt_eval.checkpoints
+SELECT checkpoint_id, checkpoint_name, dataset FROM ckpt_eval.evaluations
 WHERE status = 'running' AND lease_expires_at >= %(now)s AND {_SELECTED}
-ORDER BY checkpoint_id
+ORDER BY checkpoint_id, dataset
 """
 
 KNOWN_IDS = "SELECT checkpoint_id FROM ckpt_eval.checkpoints WHERE checkpoint_id = ANY(%(ids)s::bigint[])"
+KNOWN_DATASETS = "SELECT name FROM ckpt_eval.datasets WHERE name = ANY(%(names)s::text[])"
 
+# One row per pair (a checkpoint registered the version-2 way and not adopted yet shows as pending).
 STATUS = """
-SELECT c.checkpoint_id, c.name, c.arch, c.dataset, c.status AS job_status, c.attempt,
+SELECT c.checkpoint_id, c.name, c.arch, coalesce(e.dataset, c.dataset) AS dataset,
+       coalesce(e.status, 'pending') AS job_status, coalesce(e.attempt, 0) AS attempt,
        l.run_id, l.status AS run_status, l.verdict, l.accuracy, l.f1_macro, l.loss, l.n_samples,
        l.finished_at, l.error
 FROM ckpt_eval.checkpoints c
-LEFT JOIN ckpt_eval.latest_evaluations l ON l.checkpoint_id = c.checkpoint_id
-ORDER BY c.checkpoint_id
+LEFT JOIN ckpt_eval.evaluations e ON e.checkpoint_name = c.name
+LEFT JOIN ckpt_eval.latest_evaluations l
+       ON l.checkpoint_id = c.checkpoint_id AND l.dataset = coalesce(e.dataset, c.dataset)
+ORDER BY c.checkpoint_id, 4
 """
 
 NAME_TAKEN = "SELECT 1 FROM ckpt_eval.checkpoints WHERE name = %(name)s"
@@ -127,4 +197,36 @@ REGISTER = """
 INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256, min_accuracy, min_f1_macro)
 VALUES (%(name)s, %(path)s, %(arch)s, %(dataset)s, %(sha256)s, %(min_accuracy)s, %(min_f1_macro)s)
 RETURNING checkpoint_id
+"""
+
+CHECKPOINT_BY_HANDLE = """
+SELECT checkpoint_id, name FROM ckpt_eval.checkpoints
+WHERE name = %(handle)s OR (%(id)s::bigint IS NOT NULL AND checkpoint_id = %(id)s::bigint)
+ORDER BY name = %(handle)s DESC
+LIMIT 1
+"""
+
+PAIR_EXISTS = "SELECT 1 FROM ckpt_eval.evaluations WHERE checkpoint_name = %(name)s AND dataset = %(dataset)s"
+
+ATTACH = """
+INSERT INTO ckpt_eval.evaluations (checkpoint_name, dataset, checkpoint_id)
+VALUES (%(name)s, %(dataset)s, %(checkpoint_id)s)
+"""
+
+DATASET_COLUMNS = (
+    "name, kind, source, split, feature_columns, label_column, class_names, description, fingerprint, "
+    "fingerprinted_at, registered_at"
+)
+DATASETS = f"SELECT {DATASET_COLUMNS} FROM ckpt_eval.datasets ORDER BY name"
+DATASET = f"SELECT {DATASET_COLUMNS} FROM ckpt_eval.datasets WHERE name = %(name)s"
+DATASET_PAIRS = """
+SELECT e.checkpoint_id, e.checkpoint_name, e.status, e.dataset_fingerprint
+FROM ckpt_eval.evaluations e WHERE e.dataset = %(name)s ORDER BY e.checkpoint_id
+"""
+
+ADD_DATASET_KEYS = ("name", "kind", "source", "split", "feature_columns", "label_column", "class_names", "description")
+ADD_DATASET = """
+INSERT INTO ckpt_eval.datasets (name, kind, source, split, feature_columns, label_column, class_names, description)
+VALUES (%(name)s, %(kind)s, %(source)s, %(split)s, %(feature_columns)s, %(label_column)s, %(class_names)s,
+        %(description)s)
 """
