@@ -21,6 +21,7 @@ class Mode:
     batch_size: int = 256
     threads: int = 2
     batch_sizes: tuple[int, ...] = ()  # batch sizes swept by ckpt-eval (empty: none)
+    scale_workers: tuple[int, ...] = (1, 2, 4)  # concurrent workers (1 torch thread each) of the scale-out run
 
     def with_overrides(self, **changes: object) -> Mode:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -38,6 +39,7 @@ MODES = {
         wide_factor=2,
         write_records=5,
         table_rows=1000,
+        scale_workers=(1, 2),
     ),
     "quick": Mode(
         name="quick",

@@ -14,6 +14,7 @@ from .fixture import ARCH, CKPT_EVAL, REPO, BenchDatabase, Workspace
 from .machine import describe_machine
 from .procs import Measured, run_measured
 from .report import Figure, document
+from .scale_out import ScaleOut, run_workers
 from .seed_design import run_seed_design
 from .writes import measure_writes
 
@@ -108,6 +109,11 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             for size in mode.batch_sizes:
                 progress(f"batch-size sweep {rep + 1}: --batch-size {size}")
                 sweep.setdefault(size, []).append(ckpt_eval_run(main, mode, batch_size=size).wall)
+        scale: dict[int, list[ScaleOut]] = {}
+        for rep in range(min(mode.repetitions, 2)):
+            for workers in mode.scale_workers:
+                progress(f"scale-out {rep + 1}: {workers} worker(s), 1 thread each, N={n}")
+                scale.setdefault(workers, []).append(run_workers(main, workers, mode.batch_size))
         progress(f"result writes: {mode.write_records} finishes")
         write_figures = measure_writes(writes, mode.write_records)
     finally:
@@ -197,6 +203,23 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             higher_is_better=True,
         ),
     ]
+    for workers, measured in sorted(scale.items()):
+        figures.append(
+            Figure(
+                f"scale_out_seconds_{workers}",
+                f"{workers} worker(s) x 1 thread, N={n} (wall)",
+                "s",
+                [m.wall for m in measured],
+            )
+        )
+        figures.append(
+            Figure(
+                f"scale_out_lost_races_{workers}",
+                f"{workers} worker(s): claims lost to another worker",
+                "",
+                [float(m.lost_races) for m in measured],
+            )
+        )
     for size, walls in sorted(sweep.items()):
         figures.append(
             Figure(f"ckpt_eval_seconds_batch_{size}", f"ckpt-eval run, N={n}, --batch-size {size}", "s", walls)
@@ -234,5 +257,17 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
         ),
         Figure("table_read_over_copy", "table read / COPY", "x", note=TABLE_PENDING, higher_is_better=True),
     ]
+    single = scale.get(1)
+    for workers, measured in sorted(scale.items()):
+        if single and workers > 1:
+            ratios.append(
+                Figure(
+                    f"scale_out_speedup_{workers}",
+                    f"speed-up of {workers} workers over 1 (1 thread each)",
+                    "x",
+                    [one.wall / many.wall for one, many in zip(single, measured, strict=False)],
+                    higher_is_better=True,
+                )
+            )
     config = {**asdict(mode), "mode": mode.name, "arch": ARCH, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return document(machine, config, figures, ratios)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from .fixture import BenchDatabase
+from .fixture import DATASET, BenchDatabase
 
 
 def measure_writes(database: BenchDatabase, records: int) -> dict[str, float]:
@@ -56,7 +56,7 @@ def measure_writes(database: BenchDatabase, records: int) -> dict[str, float]:
         while written < records:
             database.reset()
             for name in names[: records - written]:
-                claim = repository.claim(name, "bench:0:0", uuid.uuid4().hex, 300.0)
+                claim = repository.claim((name, DATASET), "bench:0:0", uuid.uuid4().hex, 300.0)
                 if claim is None:
                     raise RuntimeError(f"could not claim {name}")
                 start = time.perf_counter()

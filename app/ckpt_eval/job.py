@@ -31,6 +31,8 @@ from .text import printable, quoted
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_KINDS = ("digits", "breast_cancer")
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -257,11 +259,12 @@ class Job:
         """Fingerprint the datasets whose pairs are all finished; a new version queues its pairs again.
 
         One read per dataset (for a table: the rows streamed once, hashed, not kept). A dataset that
-        cannot be read now is left for its runs to report.
+        cannot be read now is left for its runs to report. Data embedded in an installed package
+        changes only with the package; it is not read (nor scikit-learn imported) just to check.
         """
         for name in self.repository.datasets_to_check(selection.ids or None, selection.datasets or None):
             row = self.repository.dataset(name)
-            if row is None:
+            if row is None or row["kind"] in EMBEDDED_KINDS:
                 continue
             try:
                 data = open_dataset(dataset_definition(row), self.settings.data_dir, self.read_table)

@@ -81,6 +81,10 @@ def test_attach_queues_one_new_pair_and_refuses_what_cannot_be(deployment: Deplo
     unknown_checkpoint = deployment.ckpt_eval("attach", "no-such", "digits")
     assert unknown_checkpoint.returncode == 2
     assert "no checkpoint named or numbered 'no-such'" in unknown_checkpoint.stderr
+    for odd in ("²", "9" * 5000):
+        refused = deployment.ckpt_eval("attach", odd, "digits")
+        assert refused.returncode == 2, refused.output
+        assert "no checkpoint named or numbered" in refused.stderr
 
     result = deployment.ckpt_eval("run")
     assert result.returncode == 0, result.output

@@ -32,6 +32,21 @@ def kill_all(workers: list[Worker]) -> None:
             worker.process.kill()
 
 
+def run_clean_workers(deployment: Deployment) -> tuple[list[WorkerResult], float]:
+    """WORKERS `ckpt-eval run` processes started together; each must exit 0 without a traceback."""
+    started = time.monotonic()
+    workers = [start_worker(deployment, "--log-level", "debug") for _ in range(WORKERS)]
+    try:
+        results = wait_all(workers)
+    finally:
+        kill_all(workers)
+    wall = time.monotonic() - started
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    return results, wall
+
+
 def our_checkpoints(deployment: Deployment) -> dict[int, str]:
     rows = deployment.rows(
         "SELECT checkpoint_id, status FROM ckpt_eval.evaluations WHERE checkpoint_name LIKE 'ckpt-%'"
@@ -64,17 +79,7 @@ def assert_one_run_per_claim(deployment: Deployment) -> None:
 def test_four_workers_evaluate_each_checkpoint_once(deployment: Deployment, figure) -> None:
     register_many(deployment, CHECKPOINTS)
     finish_demo_checkpoints(deployment)
-    started = time.monotonic()
-    workers = [start_worker(deployment, "--log-level", "debug") for _ in range(WORKERS)]
-    try:
-        results = wait_all(workers)
-    finally:
-        kill_all(workers)
-    wall = time.monotonic() - started
-
-    for result in results:
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "Traceback" not in result.stderr
+    results, wall = run_clean_workers(deployment)
     statuses = our_checkpoints(deployment)
     assert len(statuses) == CHECKPOINTS
     assert {cid: s for cid, s in statuses.items() if s != "done"} == {}
@@ -105,16 +110,7 @@ def test_four_workers_evaluate_each_pair_once(deployment: Deployment, figure) ->
         "SELECT name, 'digits_train', checkpoint_id FROM ckpt_eval.checkpoints WHERE name LIKE 'pair-%'"
     )
     finish_demo_checkpoints(deployment)
-    started = time.monotonic()
-    workers = [start_worker(deployment, "--log-level", "debug") for _ in range(WORKERS)]
-    try:
-        results = wait_all(workers)
-    finally:
-        kill_all(workers)
-    wall = time.monotonic() - started
-    for result in results:
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "Traceback" not in result.stderr
+    results, wall = run_clean_workers(deployment)
     rows = deployment.rows(
         "SELECT e.checkpoint_name, e.dataset, e.status, count(r.run_id), "
         "count(r.run_id) FILTER (WHERE r.status = 'succeeded') FROM ckpt_eval.evaluations e "

@@ -450,7 +450,9 @@ class Repository:
     def attach(self, checkpoint: str, dataset: str) -> tuple[int, str]:
         """Add the pending pair (checkpoint, dataset); CHECKPOINT is a name or an id."""
         self.check_datasets_exist([dataset])
-        handle_id = int(checkpoint) if checkpoint.isdigit() and int(checkpoint) < 2**63 else None
+        # An id only when it is one: ASCII digits within bigint (str.isdigit() also accepts '²').
+        is_id = checkpoint.isascii() and checkpoint.isdigit() and len(checkpoint) <= 19 and int(checkpoint) < 2**63
+        handle_id = int(checkpoint) if is_id else None
 
         def insert(conn: psycopg.Connection) -> tuple[int, str]:
             row = conn.execute(sql.CHECKPOINT_BY_HANDLE, {"handle": checkpoint, "id": handle_id}).fetchone()

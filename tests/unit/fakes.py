@@ -1,0 +1,200 @@
+"""An in-memory stand-in for db.repository.Repository, to test the job and the CLI in-process.
+
+It keeps the same contract as the SQL (compare-and-set claims, the lease-token fence, requeueing
+by selection and by dataset version) so the job's logic is exercised without a server; the real
+repository is tested against PostgreSQL in tests/integration and tests/reliability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ckpt_eval.db.repository import ClaimedCheckpoint, RunRecord
+from ckpt_eval.errors import LeaseLost, UsageError
+
+
+@dataclass
+class Pair:
+    checkpoint_name: str
+    dataset: str
+    checkpoint_id: int
+    status: str = "pending"
+    attempt: int = 0
+    lease_token: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    dataset_fingerprint: str | None = None
+
+
+@dataclass
+class FakeRepository:
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    datasets_by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], Pair] = field(default_factory=dict)
+    runs: list[tuple[ClaimedCheckpoint, RunRecord]] = field(default_factory=list)
+    clock: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    steal_on_finish: bool = False  # another worker takes every lease just before the finish
+    closed: int = 0
+
+    # -- set-up helpers of the tests ---------------------------------------------------------------
+    def add_checkpoint(self, name: str, path: str, arch: str, sha256: str, datasets: Sequence[str]) -> int:
+        checkpoint_id = len(self.checkpoints) + 1
+        self.checkpoints[name] = {
+            "checkpoint_id": checkpoint_id, "name": name, "path": path, "arch": arch, "sha256": sha256,
+            "min_accuracy": None, "min_f1_macro": None,
+        }  # fmt: skip
+        for dataset in datasets:
+            self.pairs[(name, dataset)] = Pair(name, dataset, checkpoint_id)
+        return checkpoint_id
+
+    def add_dataset_row(self, name: str, kind: str, **fields: Any) -> None:
+        self.datasets_by_name[name] = {"name": name, "kind": kind, "split": "test", **fields}
+
+    # -- the Repository interface the job uses -------------------------------------------------------
+    def close(self) -> None:
+        self.closed += 1
+
+    def _selected(self, pair: Pair, ids: Sequence[int] | None, datasets: Sequence[str] | None) -> bool:
+        return (not ids or pair.checkpoint_id in ids) and (not datasets or pair.dataset in datasets)
+
+    def _claimable(self, pair: Pair) -> bool:
+        return pair.status == "pending" or (
+            pair.status == "running" and pair.lease_expires_at is not None and pair.lease_expires_at < self.clock
+        )
+
+    def check_ids_exist(self, ids: Sequence[int]) -> None:
+        known = {row["checkpoint_id"] for row in self.checkpoints.values()}
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise UsageError(f"no checkpoint with id {', '.join(map(str, missing))}")
+
+    def check_datasets_exist(self, names: Sequence[str]) -> None:
+        missing = sorted(set(names) - set(self.datasets_by_name))
+        if missing:
+            raise UsageError(f"no dataset named {', '.join(missing)} is registered")
+
+    def adopt_registered(self) -> int:
+        return 0
+
+    def running_elsewhere(self, ids: Sequence[int] | None, datasets: Sequence[str] | None = None) -> list[Any]:
+        return [
+            (p.checkpoint_id, p.checkpoint_name, p.dataset)
+            for p in self.pairs.values()
+            if p.status == "running" and not self._claimable(p) and self._selected(p, ids, datasets)
+        ]
+
+    def requeue(self, ids: Sequence[int] | None, *, force: bool, failed: bool, datasets: Any = None) -> int:
+        wanted = {"done", "failed"} if force else {"failed"} if failed else set()
+        count = 0
+        for pair in self.pairs.values():
+            if pair.status in wanted and self._selected(pair, ids, datasets):
+                pair.status = "pending"
+                count += 1
+        return count
+
+    def datasets_to_check(self, ids: Sequence[int] | None, datasets: Sequence[str] | None) -> list[str]:
+        busy = {p.dataset for p in self.pairs.values() if self._claimable(p)}
+        return sorted(
+            {
+                p.dataset
+                for p in self.pairs.values()
+                if p.status in ("done", "failed") and p.dataset_fingerprint and self._selected(p, ids, datasets)
+            }
+            - busy
+        )
+
+    def dataset(self, name: str) -> dict[str, Any] | None:
+        return self.datasets_by_name.get(name)
+
+    def record_dataset_version(self, dataset: str, fingerprint: str) -> int:
+        if dataset in self.datasets_by_name:
+            self.datasets_by_name[dataset]["fingerprint"] = fingerprint
+        count = 0
+        for pair in self.pairs.values():
+            stale = pair.dataset_fingerprint is not None and pair.dataset_fingerprint != fingerprint
+            if pair.dataset == dataset and pair.status in ("done", "failed") and stale:
+                pair.status = "pending"
+                count += 1
+        return count
+
+    def candidates(self, ids: Sequence[int] | None, limit: int, datasets: Any = None) -> list[tuple[str, str]]:
+        return [key for key, p in self.pairs.items() if self._claimable(p) and self._selected(p, ids, datasets)][:limit]
+
+    def claim(self, pair: tuple[str, str], owner: str, token: str, lease_seconds: float) -> ClaimedCheckpoint | None:
+        state = self.pairs[pair]
+        if not self._claimable(state):
+            return None
+        state.status, state.attempt, state.lease_token, state.lease_owner = "running", state.attempt + 1, token, owner
+        state.lease_expires_at = self.clock + timedelta(seconds=lease_seconds)
+        checkpoint = self.checkpoints[pair[0]]
+        return ClaimedCheckpoint(
+            **checkpoint, dataset=pair[1], attempt=state.attempt, lease_token=token,
+            dataset_row=self.datasets_by_name.get(pair[1]),
+        )  # fmt: skip
+
+    def heartbeat(self, claim: ClaimedCheckpoint, lease_seconds: float) -> bool:
+        return self.pairs[(claim.name, claim.dataset)].lease_token == claim.lease_token
+
+    def finish(self, claim: ClaimedCheckpoint, record: RunRecord) -> int:
+        state = self.pairs[(claim.name, claim.dataset)]
+        if self.steal_on_finish:
+            state.lease_token = "stolen"
+        if state.status != "running" or state.lease_token != claim.lease_token:
+            raise LeaseLost(f"{claim.label}: lease lost to another worker; result discarded")
+        state.status, state.lease_token, state.lease_owner, state.lease_expires_at = record.job_status, None, None, None
+        state.dataset_fingerprint = record.dataset_sha256
+        self.runs.append((claim, record))
+        return len(self.runs)
+
+    def release(self, claim: ClaimedCheckpoint) -> None:
+        state = self.pairs[(claim.name, claim.dataset)]
+        if state.lease_token == claim.lease_token:
+            state.status, state.lease_token, state.lease_owner, state.lease_expires_at = "pending", None, None, None
+
+
+class FakeRegistry(FakeRepository):
+    """The FakeRepository plus what the registry commands use, as a context manager like Repository."""
+
+    def __enter__(self) -> FakeRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_schema(self) -> int:
+        return 3
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return [self.datasets_by_name[name] for name in sorted(self.datasets_by_name)]
+
+    def dataset_pairs(self, name: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "checkpoint_id": p.checkpoint_id,
+                "checkpoint_name": p.checkpoint_name,
+                "status": p.status,
+                "dataset_fingerprint": p.dataset_fingerprint,
+            }
+            for p in self.pairs.values()
+            if p.dataset == name
+        ]
+
+    def add_dataset(self, definition: dict[str, Any]) -> None:
+        if definition["name"] in self.datasets_by_name:
+            raise UsageError(f"a dataset named '{definition['name']}' is already registered")
+        self.datasets_by_name[definition["name"]] = dict(definition)
+
+    def attach(self, checkpoint: str, dataset: str) -> tuple[int, str]:
+        self.check_datasets_exist([dataset])
+        row = self.checkpoints.get(checkpoint) or next(
+            (r for r in self.checkpoints.values() if str(r["checkpoint_id"]) == checkpoint), None
+        )
+        if row is None:
+            raise UsageError(f"no checkpoint named or numbered '{checkpoint}'")
+        if (row["name"], dataset) in self.pairs:
+            raise UsageError("already attached")
+        self.pairs[(row["name"], dataset)] = Pair(row["name"], dataset, row["checkpoint_id"])
+        return row["checkpoint_id"], row["name"]
