@@ -708,3 +708,36 @@ def test_plugins_from_wheels_and_from_an_index_are_installed_once(first_deploy: 
         )
         for leftover in Path("/opt/ckpt-eval/plugins").glob("ckpt_eval_tiny_*.whl"):
             leftover.unlink()
+
+
+def test_demo_csv_is_what_make_demo_data_writes() -> None:
+    """The committed rows come from scikit-learn's embedded data: the script reproduces them exactly."""
+    result = subprocess.run(
+        [sys.executable, "scripts/make_demo_data.py", "--check"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    header, *rows = DEMO_CSV.read_text().splitlines()
+    columns = header.split(",")
+    assert (columns[0], columns[-1], len(columns)) == ("sample_id", "diagnosis", 32)
+    assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", column) for column in columns)
+    assert all(int(row.split(",")[0]) % 4 == 0 for row in rows), "the test split of the built-in dataset"
+    assert {row.rsplit(",", 1)[1] for row in rows} == {"malignant", "benign"}
+
+
+@needs_root
+def test_a_declared_checkpoint_that_cannot_be_registered_fails_the_deploy_with_the_reason(
+    first_deploy: PlaybookRun, tmp_path: Path
+) -> None:
+    assert first_deploy.returncode == 0
+    declared = {
+        "classifier_checkpoints": [
+            {"name": "no-such-pair", "path": "digits-mlp-good.pt", "arch": "digits_mlp", "datasets": ["no_such_set"]}
+        ]
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(declared))
+    refused = ansible_playbook("playbooks/deploy.yml", "-e", f"@{tmp_path / 'vars.json'}")
+    assert refused.returncode != 0
+    assert "no_such_set" in refused.output
+    assert superuser_sql("SELECT count(*) FROM ckpt_eval.checkpoints WHERE name = 'no-such-pair'").strip() == "0"
+    for secret in demo_secrets():
+        assert secret not in refused.output
