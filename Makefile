@@ -6,10 +6,14 @@ BIN := $(VENV)/bin
 
 .PHONY: venv os-prerequisites deploy demo test unit integration reliability bench lint clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The example architecture plugin (examples/sonar-plugin) is installed after ckpt-eval, as an operator
+# would install one (a regular, non-editable install): the tests use it through its entry point.
+SONAR_PLUGIN := examples/sonar-plugin
+$(BIN)/.installed: pyproject.toml constraints.txt $(SONAR_PLUGIN)/pyproject.toml $(wildcard $(SONAR_PLUGIN)/src/*/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt ./$(SONAR_PLUGIN)
 	touch $@
 
 venv: $(BIN)/.installed

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ckpt_eval.architectures import build_model
-from ckpt_eval.datasets import IDX_DATASETS, load_idx_dataset
+from ckpt_eval.datasets.idx import IDX_DATASETS, load_idx_dataset
 
 
 def forward_flops(model: nn.Module, sample: torch.Tensor) -> int:
@@ -72,7 +72,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dataset = load_idx_dataset(IDX_DATASETS["fashion_mnist"], args.data_dir)
-    inputs = torch.from_numpy(dataset.pixels.astype(np.float32) / dataset.pixel_scale).unsqueeze(1)
+    inputs = torch.from_numpy(dataset.features.astype(np.float32) / dataset.scale).unsqueeze(1)
     batches = list(torch.split(inputs, args.batch_size))
     models = []
     for path in args.checkpoints:

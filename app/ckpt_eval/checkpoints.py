@@ -157,16 +157,22 @@ def _parse_file(
     approve: Callable[[str], None],
     should_stop: Callable[[], bool],
 ) -> LoadedCheckpoint:
+    from .architectures import state_spec
+
     path = resolve_checkpoint_path(root, stored_path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint {quoted(path.name)}: unsupported extension (use .pt, .pth or .safetensors)")
+    # The layout is computed here, from the installed plugin; the parser process only conforms the
+    # checkpoint to it and never imports plugin code.
+    layout = state_spec(arch)
     with _CheckpointFile(path, parser.limits.memory_bytes) as checkpoint:
         state = parser.parse(
             checkpoint.blocks(),
             checkpoint.size,
             suffix=suffix,
             arch=arch,
+            layout=layout,
             name=path.name,
             approve=lambda: approve(checkpoint.sha256),
             should_stop=should_stop,
@@ -209,19 +215,23 @@ def inspect_checkpoint(root: Path, stored_path: str, arch: str, parser: Checkpoi
 
 def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: str) -> nn.Module:
     """Load parser output (plain tensors of the architecture's layout) strictly into a fresh module."""
-    import torch
+    import itertools
 
-    from .architectures import build_model
+    from .architectures import build_model, build_model_without_memory
 
     # Built without memory and given the parser's tensors as they are: no random initialisation
     # that would be overwritten at once, no copy.
-    with torch.device("meta"):
-        model = build_model(arch)
+    model = build_model_without_memory(arch)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         detail = printable(" ".join(str(exc).split()), 500)
         raise CheckpointError(f"checkpoint {quoted(name)} does not fit architecture {arch}: {detail}") from None
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        # A plugin module with state outside its state dict (a non-persistent buffer): that state
+        # comes from a real build, the checkpoint's tensors are copied in.
+        model = build_model(arch)
+        model.load_state_dict(state, strict=True)
     model.eval()
     return model
 

@@ -60,6 +60,8 @@ Exit codes: 0 all evaluated and passed; 3 a checkpoint failed or failed its gate
 MAX_STATEMENT_TIMEOUT_SECONDS = 2_147_483
 MAX_BIGINT = 2**63 - 1
 MAX_NAME_LENGTH = 200
+# datasets.KINDS, spelled out so the command line starts without importing numpy (a test keeps them equal).
+DATASET_KINDS = ("idx", "digits", "breast_cancer", "csv", "table")
 
 
 class Finite(click.ParamType):
@@ -569,12 +571,12 @@ def _name_list(value: str | None, file: Path | None, what: str) -> tuple[str, ..
 @click.option(
     "--kind",
     required=True,
-    type=click.Choice(["idx", "digits", "breast_cancer", "csv", "parquet", "table"]),
+    type=click.Choice(DATASET_KINDS),
     help="Where the rows come from.",
 )
 @click.option(
     "--source",
-    help="table: schema.table (the owner grants the app role SELECT on it); csv/parquet: a file in the data "
+    help="table: schema.table (the owner grants the app role SELECT on it); csv: a file in the data "
     "directory; idx: fashion_mnist or mnist.",
 )
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
@@ -706,6 +708,55 @@ def train(arch: str, dataset: str, out: Path, epochs: int, seed: int, lr: float,
         raise UsageError(str(exc)) from None
     save_checkpoint(model, out)
     click.echo(f"wrote {printable(out)} (sha256 {sha256_file(out)})")
+
+
+@cli.command(epilog=EPILOG)
+@_format_option
+@_logging_options
+def architectures(output_format: str, **options: Any) -> None:
+    """List the installed architectures: their package and version, input, classes, and status.
+
+    Architectures come from installed packages (entry-point group ckpt_eval.architectures). A plugin
+    that fails to load is listed with the reason; only the checkpoints that use it fail. No database
+    or secret is needed.
+    """
+    from .architectures import installed
+    from .report import table, to_json
+
+    _start_logging(options)
+    entries = installed()
+    if output_format == "json":
+        click.echo(to_json({"architectures": [entry.as_dict() for entry in entries]}))
+        return
+    rows = []
+    for entry in entries:
+        spec = entry.architecture.spec if entry.architecture is not None else None
+        classes = None
+        if spec is not None:
+            classes = str(spec.num_classes)
+            if spec.class_names is not None:
+                classes += f" ({', '.join(spec.class_names)})"
+        rows.append(
+            {
+                "name": entry.name,
+                "package": entry.package,
+                "version": entry.version,
+                "input": "x".join(map(str, spec.input.shape)) if spec else None,
+                "classes": classes,
+                "description": spec.description if spec else None,
+                "status": "ok" if entry.ok else "broken (see below)",
+            }
+        )
+    columns = [(key, key) for key in ("name", "package", "version", "input", "classes", "description", "status")]
+    lines = [table(rows, columns) if rows else "no architectures installed"]
+    # The table cuts long cells; a broken plugin's whole reason is what the operator needs to read.
+    lines += [
+        f"{printable(entry.name)} ({printable(entry.package)} {printable(entry.version)}): {entry.status}"
+        for entry in entries
+        if not entry.ok
+    ]
+    text = "\n".join(lines)
+    click.echo(text)
 
 
 def _start_logging(options: dict[str, Any]) -> None:

@@ -9,6 +9,10 @@ pipe meanwhile, so the lease's heartbeat thread keeps running.
 
 Frames are a 4-byte big-endian length, a JSON header, then ``header["size"]`` raw bytes when the
 header has a ``size``. Only safetensors bytes cross back: parsing them is safe and bounded.
+
+Each request carries the architecture's state-dict layout (key -> shape, dtype), computed by the
+worker from the installed plugin: the parser conforms the checkpoint to it and never imports
+plugin code or builds a model itself.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -39,6 +43,10 @@ log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
 MAX_HEADER_BYTES = 64 * 1024
+# Requests come from the worker and carry the layout of the architecture: room for ~100,000 keys.
+MAX_REQUEST_HEADER_BYTES = 16 * 1024 * 1024
+# The dtypes a layout may name (str(torch.float32) without its "torch." prefix).
+LAYOUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 PIPE_BYTES = 1024 * 1024  # the default /proc/sys/fs/pipe-max-size
 STARTUP_SECONDS = 120.0
 # Variables a parser may inherit: interpreter, locale, coverage, thread and allocator tuning. Nothing
@@ -79,7 +87,7 @@ def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes | None 
     stream.flush()
 
 
-def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
+def read_frame(stream: BinaryIO, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any] | None:
     """The next header from a blocking stream; None at end of stream."""
     prefix = stream.read(_LENGTH.size)
     if not prefix:
@@ -87,7 +95,7 @@ def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
     if len(prefix) < _LENGTH.size:
         raise EOFError
     (length,) = _LENGTH.unpack(prefix)
-    if length > MAX_HEADER_BYTES:
+    if length > max_bytes:
         raise EOFError
     raw = stream.read(length)
     if len(raw) < length:
@@ -96,6 +104,40 @@ def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
     if not isinstance(header, dict):
         raise EOFError
     return header
+
+
+def encode_layout(layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> list[list[Any]]:
+    """A state-dict layout as JSON: [[key, [dims...], "float32"], ...]."""
+    encoded = []
+    for key, (shape, dtype) in layout.items():
+        name = str(dtype).removeprefix("torch.")
+        if name not in LAYOUT_DTYPES:
+            raise CheckpointError(
+                f"the architecture's entry {quoted(key, 60)} has dtype {name}, which is not supported"
+            )
+        encoded.append([key, [int(n) for n in shape], name])
+    return encoded
+
+
+def decode_layout(encoded: object) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The parser's side of ``encode_layout``; anything else is refused."""
+    import torch
+
+    if not isinstance(encoded, list) or not encoded:
+        raise CheckpointError("the request carries no architecture layout")
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for item in encoded:
+        if not (
+            isinstance(item, list)
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and isinstance(item[1], list)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in item[1])
+            and item[2] in LAYOUT_DTYPES
+        ):
+            raise CheckpointError("the request carries a malformed architecture layout")
+        layout[item[0]] = (tuple(item[1]), getattr(torch, item[2]))
+    return layout
 
 
 class _Timeout(Exception):
@@ -276,8 +318,11 @@ class CheckpointParser:
         name: str,
         approve: Callable[[], None],
         should_stop: Callable[[], bool] = lambda: False,
+        layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Send ``size`` bytes to the parser; after ``approve()`` returns, let it parse; return the tensors.
+
+        The tensors conform to ``layout`` (default: ``state_spec(arch)``, computed here in the worker).
 
         ``approve`` raising (a hash mismatch) cancels the parse and propagates. ``should_stop``
         returning True (the lease was lost) abandons it: EvaluationAborted is raised.
@@ -286,20 +331,29 @@ class CheckpointParser:
 
         limits = self.limits
         shown = quoted(name)
-        pipe = self._ensure_ready()
+        if layout is None:
+            from .architectures import state_spec
+
+            layout = state_spec(arch)
         request = {
             "name": name,
             "arch": arch,
+            "layout": encode_layout(layout),
             "suffix": suffix,
             "size": size,
             "cpu_seconds": limits.cpu_seconds,
             "memory_bytes": limits.memory_bytes,
         }
+        encoded = json.dumps(request).encode()
+        if len(encoded) > MAX_REQUEST_HEADER_BYTES:
+            raise CheckpointError(
+                f"architecture {quoted(arch, 60)}: its layout ({len(layout)} entries) is too large for the parser"
+            )
+        pipe = self._ensure_ready()
         started = time.monotonic()
         deadline = started + limits.wall_seconds
         consistent = False  # True once the parser is back between requests after a refusal
         try:
-            encoded = json.dumps(request).encode()
             pipe.send(_LENGTH.pack(len(encoded)) + encoded, deadline, should_stop)
             for block in blocks:
                 pipe.send(block, deadline, should_stop)

@@ -21,7 +21,7 @@ from . import __version__
 from .architectures import Architecture, get_architecture
 from .checkpoints import load_checkpoint
 from .config import CLAIM_BATCH, Settings, Worker
-from .datasets import DatasetDefinition, TableReader, check_compatible, open_dataset
+from .datasets import IN_MEMORY_KINDS, DatasetDefinition, TableReader, check_compatible, open_dataset
 from .db.repository import ClaimedCheckpoint, Repository, RunRecord
 from .errors import CkptEvalError, DatasetError, LeaseLost
 from .evaluate import EvaluationAborted, evaluate_model
@@ -150,7 +150,7 @@ def evaluate_claim(
             raise DatasetError(f"dataset {quoted(claim.dataset, 60)} is not registered (ckpt-eval dataset list)")
         architecture = get_architecture(claim.arch)
         data = open_dataset(dataset_definition(claim.dataset_row), settings.data_dir, read_table)
-        if data.kind != "table":  # a table's version is known once the evaluation has read it whole
+        if data.kind in IN_MEMORY_KINDS:  # a streamed dataset's version is known once it has been read whole
             dataset_sha256 = data.fingerprint()
         # Before any byte of the checkpoint is read: an architecture that cannot take this data fails here.
         check_compatible(architecture, data)

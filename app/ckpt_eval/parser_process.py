@@ -3,8 +3,9 @@
 It reads requests on stdin and answers on stdout (the framing is in ``isolation.py``). For each
 checkpoint it lowers its own CPU-time and address-space limits to the request's budget, reads
 the bytes, waits for the worker's approval (the sha256 matched), deserialises them with
-``torch.load(weights_only=True)`` or safetensors, conforms them strictly to the architecture and
-sends back safetensors bytes. A checkpoint that spins or balloons is stopped by the kernel
+``torch.load(weights_only=True)`` or safetensors, conforms them strictly to the architecture's
+layout that the request carries (this process never imports an architecture plugin nor builds a
+model) and sends back safetensors bytes. A checkpoint that spins or balloons is stopped by the kernel
 (SIGXCPU, failed allocations) or killed by the worker; either way only this process is lost.
 """
 
@@ -20,7 +21,7 @@ import sys
 import traceback
 from typing import BinaryIO
 
-from .isolation import read_frame, write_frame
+from .isolation import MAX_REQUEST_HEADER_BYTES, decode_layout, read_frame, write_frame
 
 _PR_SET_PDEATHSIG = 1
 
@@ -69,14 +70,14 @@ def _read_exact(stream: BinaryIO, size: int) -> bytearray:
 def _parse(header: dict[str, object], data: bytearray) -> bytes:
     from safetensors.torch import save
 
-    from .architectures import state_spec
     from .checkpoints import conform_to_architecture, deserialize_state_dict
 
     name = str(header["name"])
     arch = str(header["arch"])
+    layout = decode_layout(header.get("layout"))
     state = deserialize_state_dict(memoryview(data), str(header["suffix"]), name, int(header["memory_bytes"]))  # type: ignore[call-overload]
     del data
-    tensors = conform_to_architecture(state, state_spec(arch), arch, name)  # type: ignore[arg-type]
+    tensors = conform_to_architecture(state, layout, arch, name)
     del state
     return bytes(save(tensors))
 
@@ -88,7 +89,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> int:
 
     write_frame(replies, {"ready": True, "pid": os.getpid()})
     while True:
-        header = read_frame(requests)
+        header = read_frame(requests, MAX_REQUEST_HEADER_BYTES)
         if header is None:
             return 0
         size = int(header["size"])  # type: ignore[call-overload]
@@ -139,7 +140,7 @@ def main() -> int:
     torch.set_num_threads(1)
     import safetensors.torch  # noqa: F401 (import before the first request, not inside its budget)
 
-    from . import checkpoints, models  # noqa: F401
+    from . import checkpoints  # noqa: F401 (no architectures: the layout comes with each request)
 
     return serve(requests, replies)
 

@@ -1,4 +1,4 @@
-"""Reproducible training of small checkpoints (demo and test fixtures), on a dataset's train split."""
+"""Reproducible training of small checkpoints (demo and test fixtures), on any dataset kind."""
 
 from __future__ import annotations
 
@@ -10,29 +10,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import build_model
-from .datasets import Dataset
-from .evaluate import check_compatible
+from .architectures import Architecture, get_architecture
+from .datasets import ArrayDataset, EvaluationData, check_compatible
+
+TRAIN_READ_BATCH = 65_536  # rows per batch when gathering a streamed dataset's rows
+
+
+def training_tensors(architecture: Architecture, data: EvaluationData) -> tuple[torch.Tensor, torch.Tensor]:
+    """All prepared inputs and labels of ``data`` (training holds them in memory; datasets to train on are small)."""
+    if isinstance(data, ArrayDataset):
+        return data.prepared(architecture), data.targets
+    inputs, labels = [], []
+    for batch_inputs, batch_labels in data.batches(TRAIN_READ_BATCH, architecture):
+        inputs.append(batch_inputs)
+        labels.append(batch_labels)
+    if not labels:
+        raise ValueError("no samples to train on")
+    return torch.cat(inputs), torch.cat(labels)
 
 
 def train_model(
-    arch: str, dataset: Dataset, epochs: int, seed: int, lr: float = 0.05, batch_size: int = 32
+    arch: str | Architecture,
+    data: EvaluationData,
+    epochs: int,
+    seed: int,
+    lr: float = 0.05,
+    batch_size: int = 32,
 ) -> nn.Module:
     """Plain SGD with momentum; the same seed and data give bit-identical weights."""
-    check_compatible(arch, dataset)
+    architecture = get_architecture(arch) if isinstance(arch, str) else arch
+    check_compatible(architecture, data)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # reductions in one fixed order
     try:
+        inputs, labels = training_tensors(architecture, data)
         torch.manual_seed(seed)
-        model = build_model(arch)
+        model = architecture.spec.build()
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         order_rng = np.random.default_rng(seed)
-        inputs = torch.from_numpy(dataset.pixels.astype(np.float32) / dataset.pixel_scale).unsqueeze(1)
-        labels = torch.from_numpy(dataset.labels)
         model.train()
         for _ in range(epochs):
-            order = torch.from_numpy(order_rng.permutation(len(dataset)))
-            for start in range(0, len(dataset), batch_size):
+            order = torch.from_numpy(order_rng.permutation(len(labels)))
+            for start in range(0, len(labels), batch_size):
                 index = order[start : start + batch_size]
                 optimizer.zero_grad()
                 loss = F.cross_entropy(model(inputs[index]), labels[index])

@@ -108,7 +108,7 @@ def test_train_reports_missing_data_and_bad_combinations(tmp_path: Path) -> None
     assert "train-images-idx3-ubyte" in missing.stderr
     mismatched = train("--arch", "fashion_cnn", "--dataset", "digits", "--epochs", "1")
     assert mismatched.returncode == 2
-    assert "expects 28x28" in mismatched.stderr
+    assert "expects 1x28x28 inputs" in mismatched.stderr
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03short")
     (tmp_path / "mnist" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01")

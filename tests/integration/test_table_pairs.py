@@ -127,8 +127,8 @@ def test_the_sonar_plugin_on_a_table_dataset_matches_scikit_learn(deployment: De
     # Rows appended to the table: a new version; exactly the pairs on it are evaluated again.
     more, more_labels = sonar_rows(seed=2, count=10)
     append_rows(deployment, "sonar", more, more_labels)
-    again = deployment.ckpt_eval("run")
-    assert again.returncode == 0, again.output
+    again = deployment.ckpt_eval("run")  # the demo pairs too, left pending by --dataset sonar above
+    assert again.returncode == 3, again.output  # the undertrained demo checkpoint fails its gate
     assert "dataset 'sonar' has a new version: 1 pair(s) queued again" in again.stderr
     runs = dict(deployment.rows("SELECT checkpoint_name, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1"))
     assert runs == {"sonar": "2", "digits-mlp-good": "1", "digits-mlp-undertrained": "1"}

@@ -73,3 +73,9 @@ def test_attach_by_name_or_id(registry: FakeRegistry, capsys) -> None:
 def test_attach_with_an_odd_handle_is_a_usage_error_not_a_crash(registry: FakeRegistry, capsys, handle) -> None:
     assert cli.main(["attach", handle, "digits"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_command_line_offers_exactly_the_dataset_kinds_that_exist() -> None:
+    from ckpt_eval.datasets import KINDS
+
+    assert cli.DATASET_KINDS == KINDS

@@ -12,7 +12,8 @@ import torch
 from sklearn.datasets import load_digits as sklearn_load_digits
 
 import ckpt_eval.datasets
-from ckpt_eval.datasets import Dataset, content_sha256, load_dataset, write_idx
+from ckpt_eval.datasets import ArrayDataset as Dataset
+from ckpt_eval.datasets import content_sha256, load_dataset, write_idx
 from ckpt_eval.errors import DatasetError, DatasetMissing
 
 IMAGES = "t10k-images-idx3-ubyte"
@@ -75,9 +76,9 @@ def test_idx_layouts_load(tmp_path: Path, name: str, subdir: str, gz: bool) -> N
     assert dataset.split == "test"
     assert len(dataset) == N
     assert dataset.num_classes == 10
-    assert dataset.pixel_scale == 255.0
-    assert dataset.input_shape == (1, 28, 28)
-    np.testing.assert_array_equal(dataset.pixels, images)
+    assert dataset.scale == 255.0
+    assert dataset.sample_shape == (1, 28, 28)
+    np.testing.assert_array_equal(dataset.features, images)
     np.testing.assert_array_equal(dataset.labels, labels)
     assert dataset.labels.dtype == np.int64
 
@@ -115,7 +116,7 @@ def test_train_split_uses_train_files(tmp_path: Path) -> None:
     assert len(load_dataset("fashion_mnist", tmp_path, split="test")) == 20
     train = load_dataset("fashion_mnist", tmp_path, split="train")
     assert train.split == "train"
-    np.testing.assert_array_equal(train.pixels, train_images)
+    np.testing.assert_array_equal(train.features, train_images)
 
 
 def test_data_dir_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,7 +163,7 @@ def test_batches_do_not_modify_the_dataset(tmp_path: Path) -> None:
     dataset = load_dataset("mnist", tmp_path)
     for inputs, _ in dataset.batches(8):
         inputs.mul_(0)
-    np.testing.assert_array_equal(dataset.pixels, images)
+    np.testing.assert_array_equal(dataset.features, images)
 
 
 def test_inputs_are_converted_once_and_batches_are_views_of_them(tmp_path: Path) -> None:
@@ -185,7 +186,7 @@ def test_inputs_are_converted_once_and_batches_are_views_of_them(tmp_path: Path)
 def test_digits_inputs_use_their_own_scale() -> None:
     dataset = load_dataset("digits", None)
     assert float(dataset.inputs.max()) == 1.0
-    assert torch.equal(dataset.inputs, torch.from_numpy(dataset.pixels.astype(np.float32) / 16.0).unsqueeze(1))
+    assert torch.equal(dataset.inputs, torch.from_numpy(dataset.features.astype(np.float32) / 16.0).unsqueeze(1))
 
 
 def test_batch_size_must_be_positive(tmp_path: Path) -> None:
@@ -411,13 +412,13 @@ def test_digits_test_split() -> None:
     assert dataset.name == "digits"
     assert dataset.split == "test"
     assert len(dataset) == 450
-    assert dataset.pixel_scale == 16.0
+    assert dataset.scale == 16.0
     assert dataset.num_classes == 10
-    assert dataset.input_shape == (1, 8, 8)
+    assert dataset.sample_shape == (1, 8, 8)
     assert set(dataset.labels.tolist()) == set(range(10))
     assert dataset.labels.dtype == np.int64
-    assert int(dataset.pixels.max()) == 16
-    assert int(dataset.pixels.min()) == 0
+    assert int(dataset.features.max()) == 16
+    assert int(dataset.features.min()) == 0
 
 
 def test_digits_batches_are_scaled_to_unit_range() -> None:
@@ -439,9 +440,9 @@ def test_digits_splits_are_disjoint_and_cover_all_samples() -> None:
     test_index = np.arange(1797)[::4]
     train_index = np.setdiff1d(np.arange(1797), test_index)
     assert len(np.intersect1d(test_index, train_index)) == 0
-    np.testing.assert_array_equal(test.pixels, reference.images[test_index].astype(np.uint8))
+    np.testing.assert_array_equal(test.features, reference.images[test_index].astype(np.uint8))
     np.testing.assert_array_equal(test.labels, reference.target[test_index])
-    np.testing.assert_array_equal(train.pixels, reference.images[train_index].astype(np.uint8))
+    np.testing.assert_array_equal(train.features, reference.images[train_index].astype(np.uint8))
     np.testing.assert_array_equal(train.labels, reference.target[train_index])
     assert test.sha256 != train.sha256
 

@@ -15,29 +15,37 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 from torch import nn
 
 import ckpt_eval.datasets
 from ckpt_eval.architectures import build_model, get_architecture
 from ckpt_eval.checkpoints import inspect_checkpoint, load_checkpoint
-from ckpt_eval.datasets import load_dataset
-from ckpt_eval.errors import CheckpointError
-from ckpt_eval.evaluate import EvaluationAborted, check_compatible, evaluate_model
+from ckpt_eval.datasets import ArrayDataset, check_compatible, load_dataset
+from ckpt_eval.errors import CheckpointError, DatasetError
+from ckpt_eval.evaluate import EvaluationAborted, evaluate_model
 from ckpt_eval.isolation import CheckpointParser
 from ckpt_eval.metrics import (
     DEFAULT_MIN_ACCURACY,
     DEFAULT_MIN_F1_MACRO,
+    BinaryScores,
     Gate,
     MetricAccumulator,
     Metrics,
     apply_gate,
     compute_metrics,
 )
-from ckpt_eval.models import BUILTIN_SPECS
 from ckpt_eval.train import save_checkpoint, train_model
 
 CLASSES = list(range(10))
+DIGITS_MLP = get_architecture("digits_mlp")
 TOL = 1e-12
 
 
@@ -353,7 +361,7 @@ def tiny_model() -> nn.Module:
     model = build_model("digits_mlp")
     # A few quick steps so the predictions are neither constant nor perfect.
     train = ckpt_eval.datasets.load_digits("train")
-    inputs = torch.from_numpy(train.pixels.astype(np.float32) / 16.0).unsqueeze(1)
+    inputs = torch.from_numpy(train.features.astype(np.float32) / 16.0).unsqueeze(1)
     targets = torch.from_numpy(train.labels)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     for _ in range(15):
@@ -365,7 +373,7 @@ def tiny_model() -> nn.Module:
 
 def independent_metrics(model: nn.Module, dataset) -> dict[str, float]:
     """One forward pass over all 450 inputs; loss averaged in float64."""
-    inputs = torch.from_numpy(dataset.pixels.astype(np.float32) / 16.0).unsqueeze(1)
+    inputs = torch.from_numpy(dataset.features.astype(np.float32) / 16.0).unsqueeze(1)
     with torch.no_grad():
         logits = model(inputs).double()
     labels = dataset.labels
@@ -382,7 +390,7 @@ def independent_metrics(model: nn.Module, dataset) -> dict[str, float]:
 @pytest.mark.parametrize("batch_size", [256, 7, 450, 1000])
 def test_evaluate_model_matches_independent_computation(digits, tiny_model, batch_size: int) -> None:
     seen: list[int] = []
-    metrics = evaluate_model(tiny_model, digits, batch_size=batch_size, on_batch=seen.append)
+    metrics = evaluate_model(tiny_model, digits, DIGITS_MLP, batch_size=batch_size, on_batch=seen.append)
     expected = independent_metrics(tiny_model, digits)
     assert metrics.n_samples == 450
     assert sum(seen) == 450
@@ -398,7 +406,7 @@ def test_evaluate_model_matches_independent_computation(digits, tiny_model, batc
 def test_evaluate_model_leaves_weights_alone_and_sets_eval_mode(digits, tiny_model) -> None:
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     tiny_model.train()
-    evaluate_model(tiny_model, digits)
+    evaluate_model(tiny_model, digits, DIGITS_MLP)
     assert not tiny_model.training
     for key, value in tiny_model.state_dict().items():
         assert torch.equal(value, before[key])
@@ -407,51 +415,57 @@ def test_evaluate_model_leaves_weights_alone_and_sets_eval_mode(digits, tiny_mod
 def test_should_stop_aborts_before_first_batch(digits, tiny_model) -> None:
     seen: list[int] = []
     with pytest.raises(EvaluationAborted):
-        evaluate_model(tiny_model, digits, should_stop=lambda: True, on_batch=seen.append)
+        evaluate_model(tiny_model, digits, DIGITS_MLP, should_stop=lambda: True, on_batch=seen.append)
     assert seen == []
 
 
 def test_should_stop_aborts_between_batches(digits, tiny_model) -> None:
     seen: list[int] = []
     with pytest.raises(EvaluationAborted):
-        evaluate_model(tiny_model, digits, batch_size=100, should_stop=lambda: len(seen) >= 2, on_batch=seen.append)
+        evaluate_model(
+            tiny_model, digits, DIGITS_MLP, batch_size=100, should_stop=lambda: len(seen) >= 2, on_batch=seen.append
+        )
     assert seen == [100, 100]
 
 
-@pytest.mark.parametrize("arch", sorted(spec.name for spec in BUILTIN_SPECS))
+@pytest.mark.parametrize("arch", ["digits_mlp", "fashion_cnn"])  # the image architectures
 def test_registered_architectures_leave_the_shared_inputs_alone(tmp_path: Path, arch: str) -> None:
     # Batches are views of one tensor shared by every checkpoint of a run: a model that wrote into
     # its input would change what the next checkpoint is evaluated on.
-    shape = get_architecture(arch).input_shape
+    architecture = get_architecture(arch)
+    shape = architecture.input_shape
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(50, shape[1], shape[2]), dtype=np.uint8)
-    dataset = ckpt_eval.datasets.Dataset("x", "test", pixels, (np.arange(50) % 10).astype(np.int64), 10, 255.0, "0")
-    before = dataset.inputs.clone()
+    pixels = rng.integers(0, 256, size=(50, *shape[1:]), dtype=np.uint8)
+    labels = (np.arange(50) % architecture.num_classes).astype(np.int64)
+    dataset = ArrayDataset("x", "idx", "test", pixels, labels, architecture.num_classes, 255.0, shape, "0")
+    before = dataset.prepared(architecture).clone()
     torch.manual_seed(0)
-    first = evaluate_model(build_model(arch), dataset, batch_size=16)
-    assert torch.equal(dataset.inputs, before)
+    first = evaluate_model(build_model(arch), dataset, architecture, batch_size=16)
+    assert torch.equal(dataset.prepared(architecture), before)
     torch.manual_seed(0)
-    assert evaluate_model(build_model(arch), dataset, batch_size=16) == first
+    assert evaluate_model(build_model(arch), dataset, architecture, batch_size=16) == first
 
 
 def test_model_with_wrong_output_width_is_a_checkpoint_error(digits) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(CheckpointError, match=r"expected \(N, 10\)"):
-        evaluate_model(model, digits)
+        evaluate_model(model, digits, DIGITS_MLP)
 
 
 def test_check_compatible_rejects_fashion_cnn_with_digits(digits) -> None:
-    with pytest.raises(CheckpointError, match="fashion_cnn expects 28x28 inputs, dataset digits has 8x8"):
-        check_compatible("fashion_cnn", digits)
-    check_compatible("digits_mlp", digits)
+    with pytest.raises(DatasetError, match="fashion_cnn expects 1x28x28 inputs, dataset 'digits' has 1x8x8") as caught:
+        check_compatible(get_architecture("fashion_cnn"), digits)
+    assert caught.value.exit_code == 65
+    assert isinstance(caught.value, CheckpointError)  # `ckpt-eval train` reports it as a usage error
+    check_compatible(DIGITS_MLP, digits)
     with pytest.raises(CheckpointError, match="unknown architecture"):
-        check_compatible("nope", digits)
+        get_architecture("nope")
 
 
 def test_check_compatible_rejects_class_count_mismatch(digits) -> None:
     fewer = dataclasses.replace(digits, num_classes=5)
-    with pytest.raises(CheckpointError, match="10 classes"):
-        check_compatible("digits_mlp", fewer)
+    with pytest.raises(DatasetError, match="10 classes, dataset 'digits' has 5"):
+        check_compatible(DIGITS_MLP, fewer)
 
 
 # --------------------------------------------------------------------------- training and saving
@@ -489,11 +503,11 @@ def test_training_restores_thread_count(digits_train) -> None:
 
 def test_trained_model_beats_chance_on_test_split(digits, trained) -> None:
     assert not trained.training
-    assert evaluate_model(trained, digits).accuracy > 0.5
+    assert evaluate_model(trained, digits, DIGITS_MLP).accuracy > 0.5
 
 
 def test_train_rejects_incompatible_architecture(digits_train) -> None:
-    with pytest.raises(CheckpointError, match="expects 28x28"):
+    with pytest.raises(CheckpointError, match="expects 1x28x28"):
         train_model("fashion_cnn", digits_train, epochs=1, seed=0)
 
 
@@ -521,4 +535,117 @@ def test_save_checkpoint_safetensors_loads(tmp_path: Path, digits, trained, pars
     loaded = inspect_checkpoint(tmp_path, "out/m.safetensors", "digits_mlp", parser)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
-    assert evaluate_model(loaded.model, digits) == evaluate_model(trained, digits)
+    assert evaluate_model(loaded.model, digits, DIGITS_MLP) == evaluate_model(trained, digits, DIGITS_MLP)
+
+
+# --------------------------------------------------------------------------- binary tasks: ROC AUC and log loss
+
+
+def sklearn_binary(labels: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    probabilities = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+    return roc_auc_score(labels, probabilities[:, 1]), log_loss(labels, probabilities, labels=[0, 1])
+
+
+def accumulate(labels: np.ndarray, logits: np.ndarray, batch: int = 64) -> Metrics:
+    accumulator = MetricAccumulator(2)
+    for start in range(0, len(labels), batch):
+        part, scores = labels[start : start + batch], logits[start : start + batch]
+        accumulator.update(part, scores.argmax(axis=1), 0.0, scores)
+    return accumulator.result()
+
+
+def noisy_case(seed: int, n: int = 2000, decimals: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    logits = rng.normal(size=(n, 2)).astype(np.float32)
+    logits[:, 1] += labels * 1.2
+    if decimals is not None:  # coarse scores: many exact ties
+        logits = np.round(logits, decimals)
+    return labels, logits
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_auc_and_log_loss_match_sklearn(seed: int) -> None:
+    labels, logits = noisy_case(seed)
+    metrics = accumulate(labels, logits)
+    auc, loss = sklearn_binary(labels, logits)
+    scores = BinaryScores()
+    scores.update(labels, logits)
+    bound = scores.auc_error_bound()
+    assert bound < 1e-3
+    assert abs(metrics.roc_auc - auc) <= bound + 1e-12
+    assert metrics.roc_auc == pytest.approx(auc, abs=1e-4)
+    assert metrics.log_loss == pytest.approx(loss, rel=1e-9)
+    overall = [(m, v) for m, c, v in metrics.rows() if c == ""]
+    assert overall[-2:] == [("roc_auc", metrics.roc_auc), ("log_loss", metrics.log_loss)]
+
+
+@pytest.mark.parametrize("decimals", [0, 1])
+def test_binary_ties_are_exact(decimals: int) -> None:
+    labels, logits = noisy_case(7, decimals=decimals)
+    logits[:, 0] = 0.0  # the log-odds are then the rounded values themselves: few distinct, exact ties
+    auc, loss = sklearn_binary(labels, logits)
+    metrics = accumulate(labels, logits)
+    assert metrics.roc_auc == pytest.approx(auc, abs=1e-12)
+    assert metrics.log_loss == pytest.approx(loss, rel=1e-9)
+
+
+def test_one_class_batches_give_the_same_figures() -> None:
+    labels, logits = noisy_case(3, n=1000)
+    order = np.argsort(labels, kind="stable")  # every batch holds one class only
+    sorted_metrics = accumulate(labels[order], logits[order], batch=50)
+    auc, loss = sklearn_binary(labels, logits)
+    assert sorted_metrics.roc_auc == pytest.approx(auc, abs=1e-4)
+    assert sorted_metrics.roc_auc == accumulate(labels, logits, batch=1000).roc_auc
+    assert sorted_metrics.log_loss == pytest.approx(loss, rel=1e-9)
+
+
+@pytest.mark.parametrize(("scale", "expected_auc"), [(5.0, 1.0), (-5.0, 0.0), (60.0, 1.0), (-60.0, 0.0)])
+def test_perfect_and_inverted_models(scale: float, expected_auc: float) -> None:
+    labels = np.array([0, 1] * 100)
+    logits = np.zeros((200, 2), dtype=np.float32)
+    logits[:, 1] = (labels * 2 - 1) * scale + np.linspace(0, 1, 200)
+    auc, loss = sklearn_binary(labels, logits)
+    metrics = accumulate(labels, logits)
+    assert metrics.roc_auc == auc == expected_auc
+    assert metrics.log_loss == pytest.approx(loss, rel=1e-9)  # clipped at float64's eps as scikit-learn does
+
+
+def test_one_class_only_has_no_auc_row() -> None:
+    labels = np.zeros(30, dtype=np.int64)
+    logits = np.random.default_rng(0).normal(size=(30, 2))
+    metrics = accumulate(labels, logits)
+    assert metrics.roc_auc is None
+    assert metrics.log_loss == pytest.approx(
+        log_loss(labels, torch.softmax(torch.from_numpy(logits), 1), labels=[0, 1])
+    )
+    assert "roc_auc" not in {m for m, _, _ in metrics.rows()}
+
+
+def test_non_finite_logits_make_nan_figures() -> None:
+    labels, logits = noisy_case(1, n=100)
+    logits[5, 1] = np.nan
+    metrics = accumulate(labels, logits)
+    assert math.isnan(metrics.roc_auc)
+    assert math.isnan(metrics.log_loss)
+
+
+def test_multi_class_rows_stay_as_they_were(digits, tiny_model) -> None:
+    rows = evaluate_model(tiny_model, digits, DIGITS_MLP).rows()
+    assert {m for m, c, _ in rows if c == ""} == {
+        "loss",
+        "accuracy",
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "recall_macro",
+    }
+
+
+def test_binary_memory_does_not_grow_with_samples() -> None:
+    scores = BinaryScores()
+    before = scores._counts.nbytes
+    labels, logits = noisy_case(2, n=20_000)
+    for start in range(0, 20_000, 1000):
+        scores.update(labels[start : start + 1000], logits[start : start + 1000])
+    assert scores._counts.nbytes == before == 2 * BinaryScores.BINS * 8

@@ -230,3 +230,13 @@ INSERT INTO ckpt_eval.datasets (name, kind, source, split, feature_columns, labe
 VALUES (%(name)s, %(kind)s, %(source)s, %(split)s, %(feature_columns)s, %(label_column)s, %(class_names)s,
         %(description)s)
 """
+
+# Table datasets (db/table_reader.py): one read-only transaction per read of a dataset's rows. Floats
+# with extra_float_digits = 3 are exact on every server (PostgreSQL 9.4 = Greenplum 6 prints 17
+# significant digits, 12+ the shortest exact form); the timeout bounds the whole read.
+TABLE_READ_ONLY = "SET TRANSACTION READ ONLY"
+TABLE_FLOAT_DIGITS = "SET LOCAL extra_float_digits = 3"
+TABLE_READ_TIMEOUT = "SELECT set_config('statement_timeout', %(timeout)s, true)"
+# %(columns)s and %(table)s are IDENTIFIER slots, never bind parameters: table_reader.copy_statement()
+# fills them with psycopg.sql.Identifier (the table's schema and name, each column, each quoted).
+COPY_TABLE_CSV = "COPY (SELECT %(columns)s FROM %(table)s) TO STDOUT WITH (FORMAT csv)"
