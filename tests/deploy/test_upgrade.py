@@ -127,9 +127,9 @@ def test_upgrade_keeps_every_run_and_metric_and_evaluates_the_new_pairs(release:
     evaluations = latest_evaluations()
     assert evaluations[("digits-mlp-good", "digits")]["verdict"] == "pass"
     assert evaluations[("digits-mlp-undertrained", "digits")]["verdict"] == "fail"
-    assert evaluations[("breast-cancer-mlp", "breast_cancer_table")]["status"] == "done"
+    assert evaluations[("breast-cancer-mlp", "breast_cancer_table")]["status"] == "succeeded"
 
     again = ansible_playbook("playbooks/deploy.yml")
     assert again.returncode == 0, again.output[-5000:]
     assert again.changed() == {RECAP_HOST: 0}, again.output[-5000:]
-    assert evaluations[("breast-cancer-mlp", "breast_cancer")]["status"] == "done"
+    assert evaluations[("breast-cancer-mlp", "breast_cancer")]["status"] == "succeeded"
