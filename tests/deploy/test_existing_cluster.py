@@ -355,6 +355,48 @@ def test_md5_method_as_on_greenplum_6(existing: Existing) -> None:
     assert existing.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'ckpt_eval_app'").startswith("SCRAM")
 
 
+def test_dataset_sources_and_the_demo_table_are_granted_by_the_administrative_role(existing: Existing) -> None:
+    """A table of the administrators' own in ckpt-eval's database, and the demo table (made as the owner
+    role): once listed in greenplum_dataset_sources the app role may read them, and nothing else there."""
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=existing.server.port,
+        dbname="ckpt_eval",
+        user="ckpt_eval_admin",
+        password=ADMIN_PASSWORD,
+        autocommit=True,
+    ) as admin:
+        admin.execute("CREATE SCHEMA lab")
+        admin.execute("CREATE TABLE lab.readings (id integer PRIMARY KEY, band_01 double precision, label text)")
+        admin.execute("INSERT INTO lab.readings VALUES (1, 0.5, 'R'), (2, 0.25, 'M')")
+        admin.execute("CREATE TABLE lab.other (id integer PRIMARY KEY)")
+    sources = ("-e", '{"greenplum_dataset_sources": ["lab.readings", "ckpt_eval_demo.breast_cancer"]}')
+    demo = ("-e", "greenplum_demo_dataset=true")
+    run = existing.playbook("deploy.yml", *sources, *demo)
+    assert run.returncode == 0, run.output[-5000:]
+    rows = len((REPO / "demo" / "breast_cancer.csv").read_text().splitlines()) - 1
+    with existing.app_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM lab.readings").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM ckpt_eval_demo.breast_cancer").fetchone() == (rows,)
+    for statement in (
+        "SELECT * FROM lab.other",
+        "DELETE FROM lab.readings",
+        "DELETE FROM ckpt_eval_demo.breast_cancer",
+    ):
+        with existing.app_connect() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+    owner = existing.sql(
+        "SELECT tableowner FROM pg_tables WHERE schemaname = 'ckpt_eval_demo' AND tablename = 'breast_cancer'",
+        dbname="ckpt_eval",
+    )
+    assert owner == "ckpt_eval_owner"
+    assert_no_secret(run.output)
+    again = existing.playbook("deploy.yml", *sources, *demo)
+    assert again.changed == {"coordinator": 0, "classifier1": 0}, again.output[-5000:]
+    check = existing.playbook("deploy.yml", "--check", *sources, *demo)
+    assert check.changed == {"coordinator": 0, "classifier1": 0}, check.output[-5000:]
+
+
 def test_uninstall_without_confirmation_changes_nothing(existing: Existing) -> None:
     run = existing.playbook("uninstall.yml")
     assert run.returncode != 0

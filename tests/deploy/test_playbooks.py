@@ -392,3 +392,352 @@ def test_datasets_are_installed_only_when_their_checksums_match(tmp_path: Path) 
     for name, content in files.items():
         assert (target / "fashion_mnist" / name).read_bytes() == content
     assert install(good).changed() == {"localhost": 0}
+
+
+# -- issue 10: the tabular demo, dataset sources, architecture plugins -------------------------------------
+
+DEMO_CSV = REPO / "demo" / "breast_cancer.csv"
+DEMO_TABLE = "ckpt_eval_demo.breast_cancer"
+DEMO_CHECKPOINT = REPO / "checkpoints" / "breast-cancer-mlp.pt"
+SONAR_PLUGIN = REPO / "examples" / "sonar-plugin"
+
+
+def latest_evaluations() -> dict[tuple[str, str], dict[str, str]]:
+    """(checkpoint name, dataset) -> its latest run's headline columns, as psql prints them."""
+    columns = ["checkpoint_name", "dataset", "status", "verdict", "accuracy", "f1_macro", "n_samples"]
+    out = superuser_sql(f"SELECT {', '.join(columns)} FROM ckpt_eval.latest_evaluations")
+    rows = [dict(zip(columns, line.split("|"), strict=True)) for line in out.splitlines() if line]
+    return {(row["checkpoint_name"], row["dataset"]): row for row in rows}
+
+
+def pair_runs() -> dict[tuple[str, str], int]:
+    """(checkpoint name, dataset) -> number of runs."""
+    out = superuser_sql("SELECT checkpoint_name, dataset, count(*) FROM ckpt_eval.evaluation_runs GROUP BY 1, 2")
+    return {(name, dataset): int(count) for name, dataset, count in (line.split("|") for line in out.split())}
+
+
+def app_connection() -> psycopg.Connection:
+    creds = decrypt_credentials(REPO / "db.credentials", read_password_file(str(DEMO_PASSWORD_FILE)))
+    return psycopg.connect(**creds.connect_kwargs(), autocommit=True)
+
+
+def demo_rows() -> list[list[str]]:
+    lines = DEMO_CSV.read_text().splitlines()
+    return [line.split(",") for line in lines[1:]]
+
+
+@needs_root
+def test_deploy_evaluates_the_tabular_demo_on_the_table_dataset(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0, first_deploy.output[-5000:]
+    rows = demo_rows()
+    assert superuser_sql(f"SELECT count(*), sum(sample_id) FROM {DEMO_TABLE}").strip() == (
+        f"{len(rows)}|{sum(int(row[0]) for row in rows)}"
+    )
+    evaluations = latest_evaluations()
+    table = evaluations[("breast-cancer-mlp", "breast_cancer_table")]
+    builtin = evaluations[("breast-cancer-mlp", "breast_cancer")]
+    assert (table["status"], table["verdict"]) == ("succeeded", "pass"), table
+    assert table["n_samples"] == str(len(rows))
+    # An independent computation over the CSV agrees...
+    import numpy as np
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from ckpt_eval.architectures import get_architecture
+
+    architecture = get_architecture("breast_cancer_mlp")
+    model = architecture.spec.build()
+    model.load_state_dict(torch.load(DEMO_CHECKPOINT, weights_only=True))
+    model.eval()
+    features = torch.tensor([[float(value) for value in row[1:-1]] for row in rows], dtype=torch.float32)
+    labels = np.array([architecture.class_names.index(row[-1]) for row in rows])
+    with torch.no_grad():
+        probabilities = torch.softmax(model(architecture.prepare(features)), dim=1).numpy()
+    predictions = probabilities.argmax(axis=1)
+    assert float(table["accuracy"]) == pytest.approx(accuracy_score(labels, predictions), abs=1e-9)
+    assert float(table["f1_macro"]) == pytest.approx(f1_score(labels, predictions, average="macro"), abs=1e-9)
+    roc_auc = superuser_sql(
+        "SELECT m.value FROM ckpt_eval.evaluation_metrics m JOIN ckpt_eval.latest_evaluations l USING (run_id)"
+        " WHERE l.checkpoint_name = 'breast-cancer-mlp' AND l.dataset = 'breast_cancer_table'"
+        " AND m.metric = 'roc_auc' AND m.class_label = ''"
+    )
+    assert float(roc_auc) == pytest.approx(roc_auc_score(labels, probabilities[:, 1]), abs=1e-3)
+    assert "breast_cancer_table" in first_deploy.output, "the summary shows the table pair"
+    # ... and so does the pair on the built-in dataset: the table holds its test split.
+    assert (table["accuracy"], table["f1_macro"], table["n_samples"]) == (
+        builtin["accuracy"],
+        builtin["f1_macro"],
+        builtin["n_samples"],
+    )
+
+
+@needs_root
+def test_app_role_reads_the_granted_dataset_source_and_nothing_else(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    superuser_sql(
+        "CREATE TABLE ckpt_eval_demo.not_granted (id integer PRIMARY KEY); INSERT INTO ckpt_eval_demo.not_granted"
+        " VALUES (1)"
+    )
+    try:
+        with app_connection() as conn:
+            assert conn.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone() == (len(demo_rows()),)
+            for statement in (
+                "SELECT * FROM ckpt_eval_demo.not_granted",
+                f"INSERT INTO {DEMO_TABLE} SELECT * FROM {DEMO_TABLE} LIMIT 1",
+                f"DELETE FROM {DEMO_TABLE}",
+                "CREATE TABLE ckpt_eval_demo.mine (id integer)",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+        # The grant is exactly USAGE on the schema and SELECT on the table.
+        acl = superuser_sql(
+            "SELECT (SELECT nspacl FROM pg_namespace WHERE nspname = 'ckpt_eval_demo')::text, "
+            f"(SELECT relacl FROM pg_class WHERE oid = '{DEMO_TABLE}'::regclass)::text"
+        )
+        schema_acl, table_acl = acl.strip().split("|")
+        assert "ckpt_eval_app=U/" in schema_acl
+        assert "ckpt_eval_app=r/" in table_acl
+    finally:
+        superuser_sql("DROP TABLE ckpt_eval_demo.not_granted")
+
+
+@needs_root
+def test_a_bad_dataset_source_stops_before_any_grant(first_deploy: PlaybookRun, tmp_path: Path) -> None:
+    assert first_deploy.returncode == 0
+    (tmp_path / "vars.json").write_text(json.dumps({"greenplum_dataset_sources": ["public.x; DROP TABLE y"]}))
+    refused = ansible_playbook("playbooks/deploy.yml", "-e", f"@{tmp_path / 'vars.json'}")
+    assert refused.returncode != 0
+    assert 'as "schema.table"' in refused.output
+    assert "public.x; DROP TABLE y" in refused.output
+
+
+@needs_root
+def test_appended_rows_reevaluate_only_the_table_pair_and_the_table_is_loaded_only_when_empty(
+    first_deploy: PlaybookRun,
+) -> None:
+    assert first_deploy.returncode == 0
+    before = pair_runs()
+    rows = len(demo_rows())
+    # An operator appends a row: the deployment does not load the CSV again, and the table's new
+    # version is evaluated (only the pair on the table).
+    superuser_sql(
+        f"INSERT INTO {DEMO_TABLE} SELECT sample_id + 100000, "
+        + ", ".join(demo_rows_columns()[1:])
+        + f" FROM {DEMO_TABLE} WHERE sample_id = 0"
+    )
+    try:
+        appended = ansible_playbook("playbooks/deploy.yml")
+        assert appended.returncode == 0, appended.output[-5000:]
+        assert superuser_sql(f"SELECT count(*) FROM {DEMO_TABLE}").strip() == str(rows + 1)
+        after = pair_runs()
+        assert (
+            after[("breast-cancer-mlp", "breast_cancer_table")]
+            == before[("breast-cancer-mlp", "breast_cancer_table")] + 1
+        )
+        assert {k: v for k, v in after.items() if k[1] != "breast_cancer_table"} == {
+            k: v for k, v in before.items() if k[1] != "breast_cancer_table"
+        }
+        assert latest_evaluations()[("breast-cancer-mlp", "breast_cancer_table")]["n_samples"] == str(rows + 1)
+    finally:
+        superuser_sql(f"DELETE FROM {DEMO_TABLE} WHERE sample_id >= 100000")
+    # Emptied, it is loaded again from the CSV: the version evaluated before the row was appended.
+    superuser_sql(f"TRUNCATE {DEMO_TABLE}")
+    reloaded = ansible_playbook("playbooks/deploy.yml")
+    assert reloaded.returncode == 0, reloaded.output[-5000:]
+    assert superuser_sql(f"SELECT count(*) FROM {DEMO_TABLE}").strip() == str(rows)
+    assert latest_evaluations()[("breast-cancer-mlp", "breast_cancer_table")]["n_samples"] == str(rows)
+    assert ansible_playbook("playbooks/deploy.yml").changed() == {"localhost": 0}
+
+
+def demo_rows_columns() -> list[str]:
+    return DEMO_CSV.read_text().splitlines()[0].split(",")
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    """A wheel of the project at source, built offline with this venv's setuptools."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [BIN / "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
+    )
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def tiny_project(root: Path, name: str, version: str, value: str) -> Path:
+    """A throwaway distribution with one module, `<name>.VALUE = value`."""
+    module = name.replace("-", "_")
+    (root / module).mkdir(parents=True)
+    (root / module / "__init__.py").write_text(f"VALUE = {value!r}\n")
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n[tool.setuptools]\npackages = ["{module}"]\n'
+    )
+    return root
+
+
+def simple_index(root: Path, wheels: list[Path]) -> str:
+    """A PEP 503 index in a directory (file:// URL), as an operator's package index serves it."""
+    by_project: dict[str, list[Path]] = {}
+    for wheel in wheels:
+        by_project.setdefault(wheel.name.split("-")[0].replace("_", "-").lower(), []).append(wheel)
+    for project, files in by_project.items():
+        directory = root / project
+        directory.mkdir(parents=True)
+        links = []
+        for wheel in files:
+            (directory / wheel.name).write_bytes(wheel.read_bytes())
+            links.append(f'<a href="{wheel.name}">{wheel.name}</a>')
+        (directory / "index.html").write_text("<html><body>" + "".join(links) + "</body></html>\n")
+    (root / "index.html").write_text(
+        "<html><body>" + "".join(f'<a href="{p}/">{p}</a>' for p in by_project) + "</body></html>\n"
+    )
+    return root.as_uri() + "/"
+
+
+def deployed_version(distribution: str) -> str | None:
+    found = subprocess.run(
+        [
+            "/opt/ckpt-eval/venv/bin/python",
+            "-c",
+            "import importlib.metadata as m, sys\n"
+            "try: print(m.version(sys.argv[1]))\nexcept m.PackageNotFoundError: pass",
+            distribution,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return found or None
+
+
+def deployed_value(module: str) -> str:
+    return subprocess.run(
+        ["/opt/ckpt-eval/venv/bin/python", "-c", f"import {module}; print({module}.VALUE)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@needs_root
+def test_plugins_from_wheels_and_from_an_index_are_installed_once(first_deploy: PlaybookRun, tmp_path: Path) -> None:
+    assert first_deploy.returncode == 0
+    wheels = [
+        build_wheel(tiny_project(tmp_path / "wheel-src", "ckpt-eval-tiny-wheel", "1.0", "first"), tmp_path / "w1")
+    ]
+    if SONAR_PLUGIN.is_dir():
+        wheels.append(build_wheel(SONAR_PLUGIN, tmp_path / "sonar"))
+    index_wheels = [
+        build_wheel(tiny_project(tmp_path / f"index-src-{v}", "ckpt-eval-tiny-index", v, v), tmp_path / f"i{v}")
+        for v in ("1.0", "2.0")
+    ]
+    index_url = simple_index(tmp_path / "index", index_wheels)
+    variables = tmp_path / "vars.json"
+
+    def deploy(*args: str, **extra: object) -> PlaybookRun:
+        variables.write_text(
+            json.dumps(
+                {
+                    "classifier_plugin_wheels": [str(wheel) for wheel in wheels],
+                    "classifier_plugin_packages": ["ckpt-eval-tiny-index==1.0"],
+                    "classifier_plugin_index_url": index_url,
+                    **extra,
+                }
+            )
+        )
+        return ansible_playbook(*args, "playbooks/deploy.yml", "-e", f"@{variables}")
+
+    try:
+        installed = deploy()
+        assert installed.returncode == 0, installed.output[-5000:]
+        assert deployed_version("ckpt-eval-tiny-wheel") == "1.0"
+        assert deployed_value("ckpt_eval_tiny_wheel") == "first"
+        assert deployed_version("ckpt-eval-tiny-index") == "1.0"
+        assert Path("/opt/ckpt-eval/plugins/ckpt_eval_tiny_wheel-1.0-py3-none-any.whl").is_file()
+        if SONAR_PLUGIN.is_dir():
+            listed = subprocess.run(
+                ["/opt/ckpt-eval/venv/bin/ckpt-eval", "architectures", "--format", "json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            sonar = [a for a in json.loads(listed.stdout)["architectures"] if a["package"] == "ckpt-eval-sonar"]
+            assert [(a["name"], a["status"]) for a in sonar] == [("sonar_mlp", "ok")]
+            assert "sonar_mlp" in installed.output, "the deployment lists the architectures it installed"
+        # torch is still the pinned one: plugins are installed with the app's constraints.
+        assert deployed_version("torch").startswith("2.13.0")
+
+        again = deploy()
+        assert again.returncode == 0, again.output[-5000:]
+        assert again.changed() == {"localhost": 0}, again.output[-5000:]
+        check = deploy("--check", "--diff")
+        assert check.returncode == 0, check.output[-5000:]
+        assert check.changed() == {"localhost": 0}, check.output[-5000:]
+
+        # A new version from the index, and a wheel rebuilt under the same version: both replace the installed ones.
+        wheels[0].unlink()
+        wheels[0] = build_wheel(
+            tiny_project(tmp_path / "wheel-src-2", "ckpt-eval-tiny-wheel", "1.0", "rebuilt"), tmp_path / "w2"
+        )
+        upgraded = deploy(classifier_plugin_packages=["ckpt-eval-tiny-index==2.0"])
+        assert upgraded.returncode == 0, upgraded.output[-5000:]
+        assert deployed_version("ckpt-eval-tiny-index") == "2.0"
+        assert deployed_value("ckpt_eval_tiny_wheel") == "rebuilt"
+        settled = deploy(classifier_plugin_packages=["ckpt-eval-tiny-index==2.0"])
+        assert settled.changed() == {"localhost": 0}, settled.output[-5000:]
+
+        # An index without the requirement fails the deployment, naming it.
+        missing = deploy(classifier_plugin_packages=["ckpt-eval-tiny-index==9.9"])
+        assert missing.returncode != 0
+        assert "ckpt-eval-tiny-index==9.9" in missing.output
+    finally:
+        subprocess.run(
+            [
+                "/opt/ckpt-eval/venv/bin/pip",
+                "uninstall",
+                "--yes",
+                "--quiet",
+                "ckpt-eval-tiny-wheel",
+                "ckpt-eval-tiny-index",
+            ],
+            check=False,
+            capture_output=True,
+        )
+        for leftover in Path("/opt/ckpt-eval/plugins").glob("ckpt_eval_tiny_*.whl"):
+            leftover.unlink()
+
+
+def test_demo_csv_is_what_make_demo_data_writes() -> None:
+    """The committed rows come from scikit-learn's embedded data: the script reproduces them exactly."""
+    result = subprocess.run(
+        [sys.executable, "scripts/make_demo_data.py", "--check"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    header, *rows = DEMO_CSV.read_text().splitlines()
+    columns = header.split(",")
+    assert (columns[0], columns[-1], len(columns)) == ("sample_id", "diagnosis", 32)
+    assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", column) for column in columns)
+    assert all(int(row.split(",")[0]) % 4 == 0 for row in rows), "the test split of the built-in dataset"
+    assert {row.rsplit(",", 1)[1] for row in rows} == {"malignant", "benign"}
+
+
+@needs_root
+def test_a_declared_checkpoint_that_cannot_be_registered_fails_the_deploy_with_the_reason(
+    first_deploy: PlaybookRun, tmp_path: Path
+) -> None:
+    assert first_deploy.returncode == 0
+    declared = {
+        "classifier_checkpoints": [
+            {"name": "no-such-pair", "path": "digits-mlp-good.pt", "arch": "digits_mlp", "datasets": ["no_such_set"]}
+        ]
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(declared))
+    refused = ansible_playbook("playbooks/deploy.yml", "-e", f"@{tmp_path / 'vars.json'}")
+    assert refused.returncode != 0
+    assert "no_such_set" in refused.output
+    assert superuser_sql("SELECT count(*) FROM ckpt_eval.checkpoints WHERE name = 'no-such-pair'").strip() == "0"
+    for secret in demo_secrets():
+        assert secret not in refused.output
