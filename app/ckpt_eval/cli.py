@@ -392,9 +392,17 @@ def run(**options: Any) -> None:
 
 def _import_in_background(module: str) -> None:
     """Start importing a heavy module in a daemon thread; a later import waits for it (Python's import lock)."""
+    threading.Thread(target=_import_quietly, args=(module,), name=f"import-{module}", daemon=True).start()
+
+
+def _import_quietly(module: str) -> None:
+    """Only a head start: a job that ends early (a refused connection) may exit while this thread still
+    imports, and a real failure is raised by the import on the main thread, where it is reported."""
+    import contextlib
     import importlib
 
-    threading.Thread(target=importlib.import_module, args=(module,), name=f"import-{module}", daemon=True).start()
+    with contextlib.suppress(BaseException):
+        importlib.import_module(module)
 
 
 class _progress:
