@@ -18,7 +18,8 @@ class Mode:
     wide_factor: int  # the RSS run evaluates wide_factor * N checkpoints
     write_records: int  # results written for the write-throughput figure
     table_rows: int  # rows of the table dataset (once table datasets exist)
-    batch_size: int = 256
+    batch_size: int = 512  # ckpt-eval's default
+    group_size: int = 8  # ckpt-eval's default: pairs evaluated together, one pass over the data
     threads: int = 2
     batch_sizes: tuple[int, ...] = ()  # batch sizes swept by ckpt-eval (empty: none)
     scale_workers: tuple[int, ...] = (1, 2, 4)  # concurrent workers (1 torch thread each) of the scale-out run

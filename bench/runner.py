@@ -23,7 +23,9 @@ CLAIM_LINE = "evaluating checkpoint"  # logged by ckpt-eval when it has claimed 
 DONE_LINE = ": accuracy "  # logged once a checkpoint's result is recorded
 
 
-def ckpt_eval_run(database: BenchDatabase, mode: Mode, batch_size: int | None = None) -> Measured:
+def ckpt_eval_run(
+    database: BenchDatabase, mode: Mode, batch_size: int | None = None, group_size: int | None = None
+) -> Measured:
     database.reset()
     argv = [
         CKPT_EVAL,
@@ -35,6 +37,8 @@ def ckpt_eval_run(database: BenchDatabase, mode: Mode, batch_size: int | None = 
         "--log-format",
         "json",
     ]
+    if group_size is not None:
+        argv += ["--group-size", str(group_size)]
     measured = run_measured(argv, database.ckpt_eval_env(), cwd=database.workspace.root, ok_codes=(0, 3))
     expected = len(database.checkpoints)
     succeeded = database.count("SELECT count(*) FROM ckpt_eval.evaluation_runs WHERE status = 'succeeded'")
@@ -56,6 +60,8 @@ def floor_run(database: BenchDatabase, mode: Mode, matmul_size: int) -> dict[str
         str(mode.threads),
         "--matmul-size",
         str(matmul_size),
+        "--group-size",
+        str(mode.group_size),
         *[str(path) for path in database.checkpoints],
     ]
     measured = run_measured(argv, database.workspace.base_env, cwd=REPO)
@@ -94,25 +100,28 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
         matmul_size = 256 if mode.name == "smoke" else 1024
 
         runs: list[Measured] = []
+        singles: list[Measured] = []
         floors: list[dict[str, float]] = []
         seeds: list[list[Measured]] = []
         tinies: list[Measured] = []
         for rep in range(mode.repetitions):
             progress(f"repetition {rep + 1}/{mode.repetitions}: ckpt-eval run, N={n}")
-            runs.append(ckpt_eval_run(main, mode))
-            progress(f"repetition {rep + 1}/{mode.repetitions}: floor")
+            runs.append(ckpt_eval_run(main, mode, group_size=mode.group_size))
+            progress(f"repetition {rep + 1}/{mode.repetitions}: floor, and the multi-model pass in the same process")
             floors.append(floor_run(main, mode, matmul_size))
             progress(f"repetition {rep + 1}/{mode.repetitions}: seed design, {mode.seed_checkpoints} processes")
             seeds.append(run_seed_design(seed, mode.seed_checkpoints, mode.batch_size, mode.threads))
             progress(f"repetition {rep + 1}/{mode.repetitions}: per-checkpoint cost, {mode.tiny_checkpoints} tiny")
-            tinies.append(ckpt_eval_run(tiny, mode))
+            tinies.append(ckpt_eval_run(tiny, mode, group_size=mode.group_size))
+            progress(f"repetition {rep + 1}/{mode.repetitions}: ckpt-eval run, N={n}, one checkpoint at a time")
+            singles.append(ckpt_eval_run(main, mode, group_size=1))
         progress(f"peak RSS at {mode.wide_factor}N = {n * mode.wide_factor} checkpoints")
         wide_run = ckpt_eval_run(wide, mode)
         sweep: dict[int, list[float]] = {}
         for rep in range(min(mode.repetitions, 2) if mode.batch_sizes else 0):
             for size in mode.batch_sizes:
                 progress(f"batch-size sweep {rep + 1}: --batch-size {size}")
-                sweep.setdefault(size, []).append(ckpt_eval_run(main, mode, batch_size=size).wall)
+                sweep.setdefault(size, []).append(ckpt_eval_run(main, mode, size, mode.group_size).wall)
         scale: dict[int, list[ScaleOut]] = {}
         for rep in range(min(mode.repetitions, 2)):
             for workers in mode.scale_workers:
@@ -128,7 +137,18 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
     machine.update(torch=floors[0]["torch"], torch_interop_threads=floors[0]["interop_threads"])
     seed_per_ckpt = [statistics.mean(m.wall for m in rep) for rep in seeds]
     figures = [
-        Figure("ckpt_eval_seconds", f"ckpt-eval run, N={n} (wall, incl. start-up)", "s", [m.wall for m in runs]),
+        Figure(
+            "ckpt_eval_seconds",
+            f"ckpt-eval run, N={n}, groups of {mode.group_size} (wall, incl. start-up)",
+            "s",
+            [m.wall for m in runs],
+        ),
+        Figure(
+            "ckpt_eval_single_seconds",
+            f"ckpt-eval run, N={n}, --group-size 1 (one checkpoint at a time)",
+            "s",
+            [m.wall for m in singles],
+        ),
         Figure(
             "floor_seconds", f"floor: forward passes of N={n} models, warm", "s", [f["forward_seconds"] for f in floors]
         ),
@@ -143,6 +163,13 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
         ),
         Figure("seed_seconds_per_checkpoint", "seed design: one process", "s", seed_per_ckpt),
         Figure(
+            "multi_model_seconds",
+            f"ckpt-eval's multi-model pass, N={n} in groups of {mode.group_size}, warm",
+            "s",
+            [f["multi_seconds"] for f in floors],
+            note="evaluate_models in the floor's process: forward, loss, argmax, metrics",
+        ),
+        Figure(
             "startup_seconds",
             "start-up to first claim",
             "s",
@@ -150,19 +177,34 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             goal="< 1.2 s",
         ),
         Figure(
+            "first_result_seconds",
+            "start-up to first recorded result",
+            "s",
+            [m.first(DONE_LINE) or 0.0 for m in tinies],
+            note="includes importing torch (about 1.4 s on its own)",
+        ),
+        Figure(
             "per_checkpoint_ms",
             f"per-checkpoint fixed cost ({mode.tiny_images} images)",
             "ms",
-            [1000 * _interval(m, CLAIM_LINE, DONE_LINE) / (len(tiny.checkpoints) - 1) for m in tinies]
+            [1000 * _interval(m, DONE_LINE, DONE_LINE) / (len(tiny.checkpoints) - 1) for m in tinies]
             if len(tiny.checkpoints) > 1
             else [],
             goal="< 10 ms",
+            note="first to last recorded result, per further checkpoint",
         ),
         Figure(
             "forward_gflops",
             "forward pass GFLOP/s (floor)",
             "GFLOP/s",
             [f["forward_gflops"] for f in floors],
+            higher_is_better=True,
+        ),
+        Figure(
+            "multi_model_gflops",
+            "forward pass GFLOP/s (ckpt-eval's multi-model pass)",
+            "GFLOP/s",
+            [f["multi_gflops"] for f in floors],
             higher_is_better=True,
         ),
         Figure(
@@ -238,6 +280,14 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             "ckpt-eval / floor",
             "x",
             [m.wall / f["forward_seconds"] for m, f in zip(runs, floors, strict=True)],
+            goal="< 1.0",
+            note="the whole run, start-up included, against forward passes alone",
+        ),
+        Figure(
+            "ckpt_eval_single_over_floor",
+            "ckpt-eval --group-size 1 / floor",
+            "x",
+            [m.wall / f["forward_seconds"] for m, f in zip(singles, floors, strict=True)],
             goal="<= 1.25",
         ),
         Figure(
@@ -248,12 +298,26 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             goal=">= 5",
             higher_is_better=True,
         ),
-        Figure("multi_model_over_floor", "multi-model evaluation / floor", "x", note="pending (issue 11 part 3)"),
+        Figure(
+            "multi_model_over_floor",
+            "multi-model pass / floor",
+            "x",
+            [f["multi_seconds"] / f["forward_seconds"] for f in floors],
+            goal="< 1.0",
+        ),
         Figure(
             "forward_over_matmul",
-            "forward GFLOP/s / matmul GFLOP/s",
+            "floor forward GFLOP/s / matmul GFLOP/s",
             "x",
             [f["forward_gflops"] / f["matmul_gflops"] for f in floors],
+            higher_is_better=True,
+        ),
+        Figure(
+            "multi_forward_over_matmul",
+            "multi-model pass GFLOP/s / matmul GFLOP/s",
+            "x",
+            [f["multi_gflops"] / f["matmul_gflops"] for f in floors],
+            goal="> 0.5",
             higher_is_better=True,
         ),
         Figure(

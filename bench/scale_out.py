@@ -1,9 +1,9 @@
 """Scale-out: W `ckpt-eval run` workers (one torch thread each) share one registry.
 
-Every worker is started at once on the same N pending pairs; the figure is the wall time until the
-last exits (speed-up against one worker), and the claim contention: how many claims each worker
-lost to another one (compare-and-set races). Exactly-once is checked, not assumed: every pair has
-one succeeded run and every run its own lease token.
+Every worker is started at once on the same N pending pairs, claiming one pair at a time; the
+figure is the wall time until the last exits (speed-up against one worker), and the claim
+contention: how many claims each worker lost to another one (compare-and-set races). Exactly-once
+is checked, not assumed: every pair has one succeeded run and every run its own lease token.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ class ScaleOut:
 
 def run_workers(database: BenchDatabase, workers: int, batch_size: int) -> ScaleOut:
     database.reset()
+    # One pair at a time: what an operator sets to spread a short queue over many workers (a group
+    # would let the first worker to start take several pairs of a short queue at once).
     argv = [CKPT_EVAL, "run", "--torch-threads", "1", "--batch-size", str(batch_size), "--log-level", "debug"]
+    argv += ["--group-size", "1"]
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(workers)]
         started = time.perf_counter()

@@ -258,12 +258,17 @@ def _discover() -> dict[str, tuple[_Published, ...]]:
     seen: set[str] = set()
     for dist in metadata.distributions():
         try:
-            package = str(dist.metadata["Name"] or "")
-            # The same package found twice on sys.path: the first one is what Python imports.
-            if package and _normalised(package) in seen:
+            # The same package found twice on sys.path: the first one is what Python imports. Its
+            # name is read from the folder's name where it can be (parsing every package's METADATA
+            # costs more than the rest of the discovery together).
+            key = getattr(dist, "_normalized_name", None) or _normalised(str(dist.metadata["Name"] or ""))
+            if key and _normalised(key) in seen:
                 continue
-            seen.add(_normalised(package))
+            seen.add(_normalised(key))
             entry_points = list(dist.entry_points.select(group=ENTRY_POINT_GROUP))
+            if not entry_points:
+                continue
+            package = str(dist.metadata["Name"] or "")
             version = str(dist.version)
         except Exception as exc:  # one unreadable package (bad encoding, ...) must not hide the others
             log.warning("skipping an installed package whose metadata cannot be read: %s", describe_exception(exc))

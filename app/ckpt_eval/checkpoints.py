@@ -18,20 +18,23 @@ import io
 import os
 import stat
 import struct
+import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import CheckpointError
+from .isolation import ParserUnavailable
 from .text import printable, quoted
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .isolation import CheckpointParser
+    from .isolation import CheckpointParser, ParseLimits
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -40,6 +43,14 @@ MAX_STORED_PATH_LENGTH = 1024
 MAX_ARCHIVE_ENTRIES = 100_000
 STATE_DICT_KEYS = ("state_dict", "model_state_dict")
 ZIP_MAGIC = b"PK\x03\x04"
+# Files up to this size are read whole, hashed and verified before the parser gets them, so it
+# can parse one while the worker reads the next; larger ones stream through it while hashed.
+PREFETCH_BYTES = 64 * 1024 * 1024
+NO_RECORDED_HASH = (
+    "no sha256 is recorded for this checkpoint; an unverified file is never loaded "
+    "(register it with `ckpt-eval register`, or have the schema owner set checkpoints.sha256)"
+)
+K = TypeVar("K")
 _READ_BLOCK = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
@@ -149,37 +160,203 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _parse_file(
-    root: Path,
-    stored_path: str,
-    arch: str,
-    parser: CheckpointParser,
-    approve: Callable[[str], None],
-    should_stop: Callable[[], bool],
-) -> LoadedCheckpoint:
-    from .architectures import state_spec
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """A checkpoint to load: where the registry says it is, the architecture it must fit, and the
+    sha256 it must have (None: only hash what is parsed, as ``register`` does)."""
 
-    path = resolve_checkpoint_path(root, stored_path)
+    stored_path: str
+    arch: str
+    expected_sha256: str | None
+    should_stop: Callable[[], bool] = lambda: False
+    verify: bool = True  # False: register mode, the file is hashed, not checked against a record
+
+
+@dataclass
+class _Prepared:
+    """A resolved checkpoint; ``data`` holds its verified bytes when it is small enough to hold whole."""
+
+    request: CheckpointRequest
+    path: Path
+    suffix: str
+    layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+    data: bytes | None = None
+    sha256: str = ""
+    size: int = 0
+
+
+def _approver(request: CheckpointRequest) -> Callable[[str], None]:
+    expected = request.expected_sha256.lower() if request.verify and request.expected_sha256 else None
+
+    def approve(actual: str) -> None:
+        if expected is not None and actual != expected:
+            raise CheckpointError(
+                f"checkpoint {quoted(request.stored_path)}: sha256 mismatch "
+                f"(registry {printable(expected[:12])}..., file {actual[:12]}...)"
+            )
+
+    return approve
+
+
+def _prepare(root: Path, request: CheckpointRequest, limits: ParseLimits) -> _Prepared:
+    """Resolve the path inside the root and, for a file of at most PREFETCH_BYTES, read, hash and
+    verify it whole (the bytes that were hashed are the bytes the parser will get)."""
+    from .architectures import state_spec
+    from .errors import EvaluationAborted
+
+    if request.verify and not request.expected_sha256:
+        raise CheckpointError(NO_RECORDED_HASH)
+    if request.should_stop():
+        raise EvaluationAborted
+    path = resolve_checkpoint_path(root, request.stored_path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint {quoted(path.name)}: unsupported extension (use .pt, .pth or .safetensors)")
     # The layout is computed here, from the installed plugin; the parser process only conforms the
     # checkpoint to it and never imports plugin code.
-    layout = state_spec(arch)
+    prepared = _Prepared(request, path, suffix, state_spec(request.arch))
+    with _CheckpointFile(path, limits.memory_bytes) as checkpoint:
+        if checkpoint.size > PREFETCH_BYTES:
+            return prepared  # streamed through the parser while it is hashed (_parse_streamed)
+        prepared.data = b"".join(checkpoint.blocks())
+        prepared.sha256, prepared.size = checkpoint.sha256, checkpoint.size
+    _approver(request)(prepared.sha256)
+    return prepared
+
+
+def _parse_streamed(prepared: _Prepared, parser: CheckpointParser) -> LoadedCheckpoint:
+    """A checkpoint too large to hold whole: sent in blocks while it is hashed, parsed once approved."""
+    request, path = prepared.request, prepared.path
+    approve = _approver(request)
     with _CheckpointFile(path, parser.limits.memory_bytes) as checkpoint:
         state = parser.parse(
             checkpoint.blocks(),
             checkpoint.size,
-            suffix=suffix,
-            arch=arch,
-            layout=layout,
+            suffix=prepared.suffix,
+            arch=request.arch,
+            layout=prepared.layout,
             name=path.name,
             approve=lambda: approve(checkpoint.sha256),
-            should_stop=should_stop,
+            should_stop=request.should_stop,
         )
         digest, size = checkpoint.sha256, checkpoint.size
-    model = load_into_architecture(state, arch, path.name)
-    return LoadedCheckpoint(path, digest, size, model)
+    return LoadedCheckpoint(path, digest, size, load_into_architecture(state, request.arch, path.name))
+
+
+LoadResult = LoadedCheckpoint | Exception
+
+
+def load_checkpoints(
+    root: Path, requests: Iterable[tuple[K, CheckpointRequest]], parser: CheckpointParser
+) -> Iterator[tuple[K, LoadResult]]:
+    """Load checkpoints one after another, each with its own result (a model, or the exception that
+    ended it: CheckpointError, EvaluationAborted when its ``should_stop`` said so, ...).
+
+    While the parser deserialises one checkpoint, the worker builds the previous one's module and
+    reads and hashes the next file: each is parsed in isolation and verified as ``load_checkpoint``
+    does, only not one after the other. ParserUnavailable (no parser can start) and interrupts are
+    raised. Closing the iterator early replaces the parser if a checkpoint was still in it.
+    """
+    in_flight: _Prepared | None = None
+    in_flight_key: K | None = None
+    behind: list[tuple[K, LoadResult]] = []  # refused before the parser, queued behind the one in it
+    # A reader thread reads and hashes the next file (the GIL is released while it does) while this
+    # thread talks to the parser and builds modules.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-reader")
+    items = iter(requests)
+
+    def read_next() -> tuple[K, CheckpointRequest, Future[_Prepared]] | None:
+        item = next(items, None)
+        if item is None:
+            return None
+        return item[0], item[1], reader.submit(_prepare, root, item[1], parser.limits)
+
+    try:
+        upcoming = read_next()
+        while upcoming is not None:
+            key, request, reading = upcoming
+            upcoming = read_next()
+            try:
+                prepared = reading.result()
+            except Exception as exc:
+                if in_flight is not None:
+                    behind.append((key, exc))
+                    continue
+                yield key, exc
+                continue
+            previous = None
+            if in_flight is not None:  # its tensors now, its module once the parser has the next one
+                previous = (in_flight_key, in_flight, _collected(parser, in_flight))
+                in_flight = in_flight_key = None
+            refused: Exception | None = None
+            if prepared.data is not None:  # the parser starts on it while the previous module is built
+                try:
+                    parser.submit(
+                        prepared.data,
+                        suffix=prepared.suffix,
+                        arch=request.arch,
+                        name=prepared.path.name,
+                        layout=prepared.layout,
+                        should_stop=request.should_stop,
+                    )
+                    in_flight, in_flight_key = prepared, key
+                except ParserUnavailable:
+                    raise
+                except Exception as exc:
+                    refused = exc
+                prepared.data = None  # the parser has the bytes now
+            done = [(previous[0], _built(previous[1], previous[2]))] if previous is not None else []
+            done += behind
+            behind = []
+            for finished in done:
+                started = time.monotonic()
+                yield finished  # type: ignore[misc]
+                parser.extend_pending(time.monotonic() - started)  # the consumer's time is not the parse's
+            if refused is not None:
+                yield key, refused
+            elif in_flight is None:  # too large to hold: streamed, with nothing else in the parser
+                try:
+                    result: LoadResult = _parse_streamed(prepared, parser)
+                except ParserUnavailable:
+                    raise
+                except Exception as exc:
+                    result = exc
+                yield key, result
+        if in_flight is not None:
+            last = (in_flight_key, _built(in_flight, _collected(parser, in_flight)))
+            in_flight = None
+            yield last  # type: ignore[misc]
+        yield from behind
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        if in_flight is not None:
+            parser.discard_pending()
+
+
+def _collected(parser: CheckpointParser, prepared: _Prepared) -> Mapping[str, torch.Tensor] | Exception:
+    try:
+        return parser.collect(prepared.request.should_stop)
+    except ParserUnavailable:
+        raise
+    except Exception as exc:
+        return exc
+
+
+def _built(prepared: _Prepared, tensors: Mapping[str, torch.Tensor] | Exception) -> LoadResult:
+    if isinstance(tensors, Exception):
+        return tensors
+    try:
+        model = load_into_architecture(tensors, prepared.request.arch, prepared.path.name)
+    except Exception as exc:
+        return exc
+    return LoadedCheckpoint(prepared.path, prepared.sha256, prepared.size, model)
+
+
+def _load_one(root: Path, request: CheckpointRequest, parser: CheckpointParser) -> LoadedCheckpoint:
+    ((_, result),) = list(load_checkpoints(root, [(None, request)], parser))
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def load_checkpoint(
@@ -191,26 +368,12 @@ def load_checkpoint(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> LoadedCheckpoint:
     """Load a registered checkpoint: only against its recorded sha256, parsed in isolation."""
-    if not expected_sha256:
-        raise CheckpointError(
-            "no sha256 is recorded for this checkpoint; an unverified file is never loaded "
-            "(register it with `ckpt-eval register`, or have the schema owner set checkpoints.sha256)"
-        )
-    expected = expected_sha256.lower()
-
-    def approve(actual: str) -> None:
-        if actual != expected:
-            raise CheckpointError(
-                f"checkpoint {quoted(stored_path)}: sha256 mismatch "
-                f"(registry {printable(expected[:12])}..., file {actual[:12]}...)"
-            )
-
-    return _parse_file(root, stored_path, arch, parser, approve, should_stop)
+    return _load_one(root, CheckpointRequest(stored_path, arch, expected_sha256, should_stop), parser)
 
 
 def inspect_checkpoint(root: Path, stored_path: str, arch: str, parser: CheckpointParser) -> LoadedCheckpoint:
     """Check a file the way a run will (inside the root, parsed in isolation, strict fit) and hash it."""
-    return _parse_file(root, stored_path, arch, parser, lambda actual: None, lambda: False)
+    return _load_one(root, CheckpointRequest(stored_path, arch, None, verify=False), parser)
 
 
 def load_into_architecture(state: Mapping[str, torch.Tensor], arch: str, name: str) -> nn.Module:

@@ -16,7 +16,10 @@ DEFAULT_CREDENTIALS = "db.credentials"
 DEFAULT_CHECKPOINT_ROOT = "checkpoints"
 DEFAULT_DATA_DIR = "data"
 DEFAULT_LEASE_SECONDS = 300.0
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_GROUP_SIZE = 8
+# Model tensors a group holds loaded at once; past it, the models loaded so far make their pass first.
+DEFAULT_GROUP_MEMORY_BYTES = 512 * 1024 * 1024
 CLAIM_BATCH = 50
 
 
@@ -45,6 +48,9 @@ class Settings:
     data_dir: Path | None = Path(DEFAULT_DATA_DIR)
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     batch_size: int = DEFAULT_BATCH_SIZE
+    group_size: int = DEFAULT_GROUP_SIZE
+    group_memory_bytes: int = DEFAULT_GROUP_MEMORY_BYTES
+    torch_threads: int = 0  # 0: PyTorch's default (one per core); set when the first model runs
     statement_timeout_ms: int = 60_000
     lock_timeout_ms: int = 30_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -55,6 +61,8 @@ class Settings:
             raise ConfigError("lease must be at least 2 seconds")
         if self.batch_size < 1:
             raise ConfigError("batch size must be positive")
+        if self.group_size < 1:
+            raise ConfigError("group size must be positive")
         if self.retry.attempts < 1:
             raise ConfigError("database retries must be at least 1")
 

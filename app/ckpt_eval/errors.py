@@ -83,6 +83,10 @@ class LeaseLost(CkptEvalError):
     exit_code = 75
 
 
+class EvaluationAborted(Exception):
+    """The caller asked to stop between batches or while parsing (the lease was lost, or a signal arrived)."""
+
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130

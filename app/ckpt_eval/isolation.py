@@ -31,15 +31,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
-from .errors import CheckpointError, CkptEvalError
+from .errors import CheckpointError, CkptEvalError, EvaluationAborted
 from .text import printable, quoted
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+# A state dict's layout: key -> (shape, dtype), what the architecture needs exactly.
+StateLayout = Mapping[str, "tuple[tuple[int, ...], torch.dtype]"]
 
 _LENGTH = struct.Struct(">I")
 MAX_HEADER_BYTES = 64 * 1024
@@ -219,6 +222,15 @@ class _Stopped(Exception):
     pass
 
 
+@dataclass
+class _Request:
+    """A checkpoint sent to the parser: how it is named, and until when it may take."""
+
+    shown: str
+    started: float
+    deadline: float
+
+
 class CheckpointParser:
     """A pre-started parser process, replaced whenever a checkpoint costs it its life."""
 
@@ -228,6 +240,7 @@ class CheckpointParser:
         self._pipe: _Pipe | None = None
         self._ready = False
         self._stderr_thread: threading.Thread | None = None
+        self._pending: _Request | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> CheckpointParser:
@@ -281,6 +294,7 @@ class CheckpointParser:
         self.close()
 
     def _kill(self) -> int | None:
+        self._pending = None
         process, self._process, self._pipe = self._process, None, None
         if process is None:
             return None
@@ -318,7 +332,7 @@ class CheckpointParser:
         name: str,
         approve: Callable[[], None],
         should_stop: Callable[[], bool] = lambda: False,
-        layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+        layout: StateLayout | None = None,
     ) -> dict[str, torch.Tensor]:
         """Send ``size`` bytes to the parser; after ``approve()`` returns, let it parse; return the tensors.
 
@@ -327,10 +341,81 @@ class CheckpointParser:
         ``approve`` raising (a hash mismatch) cancels the parse and propagates. ``should_stop``
         returning True (the lease was lost) abandons it: EvaluationAborted is raised.
         """
-        from .evaluate import EvaluationAborted
+        if self._pending is not None:
+            raise RuntimeError("a submitted checkpoint has not been collected")
+        encoded = self._request(name, arch, suffix, size, layout)
+        pipe = self._ensure_ready()
+        started = time.monotonic()
+        request = _Request(quoted(name), started, started + self.limits.wall_seconds)
+        consistent = False  # True once the parser is back between requests after a refusal
+        try:
+            pipe.send(encoded, request.deadline, should_stop)
+            for block in blocks:
+                pipe.send(block, request.deadline, should_stop)
+            try:
+                approve()
+            except CkptEvalError:
+                self._send_verdict(pipe, proceed=False, deadline=request.deadline)
+                consistent = True
+                raise
+            self._send_verdict(pipe, proceed=True, deadline=request.deadline)
+        except BaseException as exc:
+            if consistent:
+                raise
+            self._fail(request, exc)
+        return self._receive(pipe, request, should_stop)
 
-        limits = self.limits
-        shown = quoted(name)
+    # -- a whole, verified checkpoint: the parser works while the worker does other things ------
+    def submit(
+        self,
+        data: bytes,
+        *,
+        suffix: str,
+        arch: str,
+        name: str,
+        should_stop: Callable[[], bool] = lambda: False,
+        layout: StateLayout | None = None,
+    ) -> None:
+        """Send a checkpoint whose bytes were already read and verified, approved at once; ``collect``
+        returns its tensors. The parser starts on it as soon as it has the bytes, so whatever the
+        worker does until ``collect`` (building the previous model, reading the next file) overlaps
+        the parse. One submitted checkpoint at a time."""
+        if self._pending is not None:
+            raise RuntimeError("a submitted checkpoint has not been collected")
+        encoded = self._request(name, arch, suffix, len(data), layout)
+        pipe = self._ensure_ready()
+        started = time.monotonic()
+        request = _Request(quoted(name), started, started + self.limits.wall_seconds)
+        try:
+            pipe.send(encoded, request.deadline, should_stop)
+            pipe.send(data, request.deadline, should_stop)
+            self._send_verdict(pipe, proceed=True, deadline=request.deadline)
+        except BaseException as exc:
+            self._fail(request, exc)
+        self._pending = request
+
+    def collect(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, torch.Tensor]:
+        """The tensors of the submitted checkpoint (its errors, as ``parse`` raises them)."""
+        request, self._pending = self._pending, None
+        if request is None:
+            raise RuntimeError("no checkpoint was submitted")
+        pipe = self._pipe
+        if pipe is None:  # the parser was replaced meanwhile
+            raise CheckpointError(f"checkpoint {request.shown}: the parser stopped before it answered")
+        return self._receive(pipe, request, should_stop)
+
+    def extend_pending(self, seconds: float) -> None:
+        """Time the worker spent elsewhere (not waiting for this parse) is not the parse's wall time."""
+        if self._pending is not None:
+            self._pending.deadline += seconds
+
+    def discard_pending(self) -> None:
+        """Give up a submitted checkpoint that will not be collected: the parser is replaced."""
+        if self._pending is not None:
+            self._pending = None
+            self._kill()
+
+    def _request(self, name: str, arch: str, suffix: str, size: int, layout: StateLayout | None) -> bytes:
         if layout is None:
             from .architectures import state_spec
 
@@ -341,56 +426,48 @@ class CheckpointParser:
             "layout": encode_layout(layout),
             "suffix": suffix,
             "size": size,
-            "cpu_seconds": limits.cpu_seconds,
-            "memory_bytes": limits.memory_bytes,
+            "cpu_seconds": self.limits.cpu_seconds,
+            "memory_bytes": self.limits.memory_bytes,
         }
         encoded = json.dumps(request).encode()
         if len(encoded) > MAX_REQUEST_HEADER_BYTES:
             raise CheckpointError(
                 f"architecture {quoted(arch, 60)}: its layout ({len(layout)} entries) is too large for the parser"
             )
-        pipe = self._ensure_ready()
-        started = time.monotonic()
-        deadline = started + limits.wall_seconds
-        consistent = False  # True once the parser is back between requests after a refusal
+        return _LENGTH.pack(len(encoded)) + encoded
+
+    def _receive(self, pipe: _Pipe, request: _Request, should_stop: Callable[[], bool]) -> dict[str, torch.Tensor]:
+        limits = self.limits
         try:
-            pipe.send(_LENGTH.pack(len(encoded)) + encoded, deadline, should_stop)
-            for block in blocks:
-                pipe.send(block, deadline, should_stop)
-            try:
-                approve()
-            except CkptEvalError:
-                self._send_verdict(pipe, proceed=False, deadline=deadline)
-                consistent = True
-                raise
-            self._send_verdict(pipe, proceed=True, deadline=deadline)
-            header, payload = pipe.receive_frame(deadline, should_stop, max_payload=limits.memory_bytes)
-        except _Timeout:
-            self._kill()
-            raise CheckpointError(
-                f"checkpoint {shown}: parsing took longer than {limits.wall_seconds:g} s "
-                "(wall-time limit, --load-timeout); the parser was stopped"
-            ) from None
-        except _Stopped:
-            self._kill()
-            raise EvaluationAborted from None
-        except _Died:
-            raise CheckpointError(f"checkpoint {shown}: {self._death_reason(self._kill())}") from None
-        except BaseException:
-            # Interrupted mid-request: the parser is somewhere inside a request; replace it.
-            if not consistent:
-                self._kill()
-            raise
-        log.debug("parsed %s in isolation in %.1f ms", shown, 1000 * (time.monotonic() - started))
+            header, payload = pipe.receive_frame(request.deadline, should_stop, max_payload=limits.memory_bytes)
+        except BaseException as exc:
+            self._fail(request, exc)
+        log.debug("parsed %s in isolation in %.1f ms", request.shown, 1000 * (time.monotonic() - request.started))
         if not header.get("ok"):
             if header.get("kind") == "memory":
                 self._kill()
                 raise CheckpointError(
-                    f"checkpoint {shown}: parsing exceeded the memory limit of {limits.memory_bytes // 2**20} MiB "
-                    "(--load-memory-mb)"
+                    f"checkpoint {request.shown}: parsing exceeded the memory limit of "
+                    f"{limits.memory_bytes // 2**20} MiB (--load-memory-mb)"
                 )
             raise CheckpointError(printable(header.get("error") or "refused by the parser", 800))
-        return _tensors_from(payload, shown)
+        return _tensors_from(payload, request.shown)
+
+    def _fail(self, request: _Request, exc: BaseException) -> NoReturn:
+        """The parser is somewhere inside a request that went wrong: replace it, and say why."""
+        if isinstance(exc, _Timeout):
+            self._kill()
+            raise CheckpointError(
+                f"checkpoint {request.shown}: parsing took longer than {self.limits.wall_seconds:g} s "
+                "(wall-time limit, --load-timeout); the parser was stopped"
+            ) from None
+        if isinstance(exc, _Stopped):
+            self._kill()
+            raise EvaluationAborted from None
+        if isinstance(exc, _Died):
+            raise CheckpointError(f"checkpoint {request.shown}: {self._death_reason(self._kill())}") from None
+        self._kill()  # interrupted mid-request
+        raise exc
 
     def _send_verdict(self, pipe: _Pipe, *, proceed: bool, deadline: float) -> None:
         encoded = json.dumps({"proceed": proceed}).encode()

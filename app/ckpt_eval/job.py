@@ -1,4 +1,10 @@
-"""The evaluation job: claim pending (checkpoint, dataset) pairs, evaluate each, record the result exactly once.
+"""The evaluation job: claim pending (checkpoint, dataset) pairs, evaluate them, record each result exactly once.
+
+Pairs that share a dataset and an architecture are claimed in groups (at most ``group_size``) and
+evaluated together, one pass over the data for the whole group (runs.py). Each pair keeps its own
+lease (one heartbeat thread extends them all) and its own fence: the results known together (those
+of one pass) are written in one transaction, in which each pair's result is written only if its own
+lease token still holds.
 
 Before claiming, the job makes pairs of checkpoint rows inserted the version-2 way, and checks the
 datasets whose pairs are all finished for a new version (a changed fingerprint queues those pairs
@@ -7,27 +13,21 @@ again); a dataset that pending pairs will read anyway is fingerprinted by that r
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
 
-from . import __version__
-from .architectures import Architecture, get_architecture
-from .checkpoints import load_checkpoint
+from .allocator import retain_freed_memory
 from .config import CLAIM_BATCH, Settings, Worker
-from .datasets import IN_MEMORY_KINDS, DatasetDefinition, TableReader, check_compatible, open_dataset
-from .db.repository import ClaimedCheckpoint, Repository, RunRecord
-from .errors import CkptEvalError, DatasetError, LeaseLost
-from .evaluate import EvaluationAborted, evaluate_model
-from .isolation import CheckpointParser, ParserUnavailable
-from .metrics import Gate, Metrics, apply_gate
-from .text import printable, quoted
+from .datasets import TableReader, open_dataset
+from .db.repository import Candidate, ClaimedCheckpoint, Repository, RunRecord
+from .errors import CkptEvalError, LeaseLost
+from .isolation import CheckpointParser
+from .runs import dataset_definition, evaluate_group
+from .text import quoted
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,30 @@ class JobSummary:
 
 
 class Heartbeat:
-    """Extends the lease from a separate connection while the main thread evaluates."""
+    """Extends the leases of claimed pairs from a separate connection while the main thread evaluates.
 
-    def __init__(self, repository: Repository, claim: ClaimedCheckpoint, lease_seconds: float, interval: float) -> None:
+    One thread and one connection for a whole group. A pair whose lease was taken over is marked
+    lost (and stops being extended); a pair that was finished is dropped with ``finished``.
+    """
+
+    def __init__(
+        self,
+        repository: Repository,
+        claims: ClaimedCheckpoint | Sequence[ClaimedCheckpoint],
+        lease_seconds: float,
+        interval: float,
+    ) -> None:
         self._repository = repository
-        self._claim = claim
+        self._claims = [claims] if isinstance(claims, ClaimedCheckpoint) else list(claims)
         self._lease_seconds = lease_seconds
         self._interval = interval
         self._stop = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, name=f"heartbeat-{claim.checkpoint_id}-{claim.dataset[:40]}", daemon=True
-        )
+        self._guard = threading.Lock()
+        self._lost_tokens: set[str] = set()
+        self.lost = threading.Event()  # set when any lease of the group is lost
+        first = self._claims[0] if self._claims else None
+        name = f"heartbeat-{first.checkpoint_id}-{first.dataset[:40]}" if first else "heartbeat"
+        self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -99,111 +111,33 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
 
+    def is_lost(self, claim: ClaimedCheckpoint) -> bool:
+        return claim.lease_token in self._lost_tokens
+
+    def finished(self, claim: ClaimedCheckpoint) -> None:
+        """Stop extending ``claim``'s lease (its result is about to be written, or it was handed back)."""
+        with self._guard:
+            self._claims = [c for c in self._claims if c.lease_token != claim.lease_token]
+
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                if not self._repository.heartbeat(self._claim, self._lease_seconds):
-                    log.warning("%s: lease lost to another worker", self._claim.label)
-                    self.lost.set()
+            with self._guard:
+                claims = list(self._claims)
+            for claim in claims:
+                if self._stop.is_set():
                     return
-            except CkptEvalError as exc:
-                # The finish step re-checks the token; keep trying until the lease would be gone anyway.
-                log.warning("%s: heartbeat failed: %s", self._claim.label, exc)
-
-
-def dataset_definition(row: Mapping[str, Any]) -> DatasetDefinition:
-    """A ckpt_eval.datasets row as the datasets package's definition (arrays become tuples)."""
-
-    def names(value: Sequence[str] | None) -> tuple[str, ...] | None:
-        return None if value is None else tuple(value)
-
-    return DatasetDefinition(
-        name=row["name"],
-        kind=row["kind"],
-        source=row.get("source"),
-        split=row.get("split") or "test",
-        feature_columns=names(row.get("feature_columns")),
-        label_column=row.get("label_column"),
-        class_names=names(row.get("class_names")),
-        fingerprint=row.get("fingerprint"),
-    )
-
-
-def evaluate_claim(
-    claim: ClaimedCheckpoint,
-    settings: Settings,
-    worker: Worker,
-    should_stop: Callable[[], bool],
-    parser: CheckpointParser,
-    read_table: TableReader | None = None,
-) -> RunRecord:
-    """Evaluate one claimed pair. A bad checkpoint, architecture or dataset becomes a failed RunRecord."""
-    gate = Gate.from_registry(claim.min_accuracy, claim.min_f1_macro)
-    started_wall = datetime.now().astimezone()
-    started = time.monotonic()
-    dataset_sha256 = checkpoint_sha256 = None
-    architecture: Architecture | None = None
-    metrics: Metrics | None = None
-    error: str | None = None
-    try:
-        if claim.dataset_row is None:
-            raise DatasetError(f"dataset {quoted(claim.dataset, 60)} is not registered (ckpt-eval dataset list)")
-        architecture = get_architecture(claim.arch)
-        data = open_dataset(dataset_definition(claim.dataset_row), settings.data_dir, read_table)
-        if data.kind in IN_MEMORY_KINDS:  # a streamed dataset's version is known once it has been read whole
-            dataset_sha256 = data.fingerprint()
-        # Before any byte of the checkpoint is read: an architecture that cannot take this data fails here.
-        check_compatible(architecture, data)
-        loaded = load_checkpoint(settings.checkpoint_root, claim.path, claim.arch, claim.sha256, parser, should_stop)
-        checkpoint_sha256 = loaded.sha256
-        log.debug("loaded %s (%d bytes, sha256 %s) into %s", loaded.path, loaded.size, loaded.sha256, claim.arch)
-        metrics = evaluate_model(loaded.model, data, architecture, settings.batch_size, should_stop)
-        dataset_sha256 = data.fingerprint()
-    except (EvaluationAborted, ParserUnavailable):
-        raise
-    except CkptEvalError as exc:
-        error = printable(exc, 2000)
-    except Exception as exc:  # a defect must fail this checkpoint's run, not the whole job
-        log.debug("%s: unexpected error", claim.label, exc_info=True)
-        error = f"internal error: {exc.__class__.__name__}: {printable(exc, 300)}"
-    duration = time.monotonic() - started
-    finished_wall = started_wall + timedelta(seconds=duration)
-    common = {
-        "dataset_sha256": dataset_sha256,
-        "checkpoint_sha256": checkpoint_sha256,
-        "started_at": started_wall,
-        "finished_at": finished_wall,
-        "duration_seconds": duration,
-        "worker_host": worker.host,
-        "worker_pid": worker.pid,
-        "app_version": __version__,
-        "min_accuracy": gate.min_accuracy,
-        "min_f1_macro": gate.min_f1_macro,
-        "arch_package": architecture.package if architecture else None,
-        "arch_version": architecture.version if architecture else None,
-    }
-    if metrics is None:
-        return RunRecord(
-            status="failed",
-            verdict="fail",
-            verdict_reasons=None,
-            error=error,
-            n_samples=None,
-            confusion_matrix=None,
-            metrics=(),
-            **common,  # type: ignore[arg-type]
-        )
-    verdict = apply_gate(metrics, gate)
-    return RunRecord(
-        status="succeeded",
-        verdict=verdict.label,
-        verdict_reasons="; ".join(verdict.reasons) or None,
-        error=None,
-        n_samples=metrics.n_samples,
-        confusion_matrix=json.dumps(metrics.confusion),
-        metrics=metrics.rows(),
-        **common,  # type: ignore[arg-type]
-    )
+                try:
+                    if not self._repository.heartbeat(claim, self._lease_seconds):
+                        with self._guard:
+                            still_ours = any(c.lease_token == claim.lease_token for c in self._claims)
+                            self._claims = [c for c in self._claims if c.lease_token != claim.lease_token]
+                        if still_ours:  # not a pair finished meanwhile
+                            log.warning("%s: lease lost to another worker", claim.label)
+                            self._lost_tokens.add(claim.lease_token)
+                            self.lost.set()
+                except CkptEvalError as exc:
+                    # The finish step re-checks the token; keep trying until the lease would be gone anyway.
+                    log.warning("%s: heartbeat failed: %s", claim.label, exc)
 
 
 def _metric(record: RunRecord, name: str) -> float | None:
@@ -272,59 +206,101 @@ class Job:
             except CkptEvalError as exc:
                 log.warning("dataset %s: cannot check its version: %s", quoted(name, 60), exc)
                 continue
-            requeued = self.repository.record_dataset_version(name, fingerprint)
-            if requeued:
-                log.info("dataset %s has a new version: %d pair(s) queued again", quoted(name, 60), requeued)
+            self._record_dataset_version(name, fingerprint)
 
     def run(self, selection: Selection) -> JobSummary:
+        # From the start: reading, hashing and loading checkpoints allocate buffers of their size too.
+        retain_freed_memory()
         self.prepare(selection)
         outcomes: list[Outcome] = []
         ids: Sequence[int] | None = selection.ids or None
         datasets: Sequence[str] | None = selection.datasets or None
         tried: set[tuple[str, str]] = set()
         while True:
-            pairs = [p for p in self.repository.candidates(ids, CLAIM_BATCH, datasets) if p not in tried]
-            if not pairs:
+            candidates = [c for c in self.repository.candidates(ids, CLAIM_BATCH, datasets) if c.pair not in tried]
+            if not candidates:
                 break
-            for pair in pairs:
-                tried.add(pair)
-                token = uuid.uuid4().hex
-                claim = self.repository.claim(pair, self.worker.owner, token, self.settings.lease_seconds)
-                if claim is None:
-                    log.debug("%s on %s claimed by another worker", quoted(pair[0]), quoted(pair[1], 60))
-                    continue
-                try:
-                    outcome = self._evaluate_and_record(claim)
-                except BaseException:
-                    # Interrupted (or a database failure): hand the pair back so the next
-                    # run takes it at once instead of waiting for the lease to expire.
-                    self._release_quietly(claim)
-                    raise
-                outcomes.append(outcome)
-                self.on_outcome(outcome)
+            for group in self._claimed_groups(candidates, tried):
+                outcomes.extend(self._evaluate_and_record(group))
         return JobSummary(tuple(outcomes))
 
-    def _evaluate_and_record(self, claim: ClaimedCheckpoint) -> Outcome:
-        log.info("evaluating %s (arch %s, attempt %d)", claim.label, quoted(claim.arch, 60), claim.attempt)
+    def _claimed_groups(
+        self, candidates: Sequence[Candidate], tried: set[tuple[str, str]]
+    ) -> Iterator[list[ClaimedCheckpoint]]:
+        """Groups of claimed pairs sharing a dataset and an architecture, at most ``group_size`` each.
+
+        A group is claimed only when the previous one has been evaluated (a generator), so no lease
+        waits on another group's evaluation.
+        """
+        by_kind: dict[tuple[str, str | None], list[Candidate]] = {}
+        for candidate in candidates:
+            by_kind.setdefault((candidate.dataset, candidate.arch), []).append(candidate)
+        for members in by_kind.values():
+            queue = deque(members)
+            while queue:
+                group: list[ClaimedCheckpoint] = []
+                while queue and len(group) < self.settings.group_size:
+                    candidate = queue.popleft()
+                    tried.add(candidate.pair)
+                    token = uuid.uuid4().hex
+                    claim = self.repository.claim(candidate.pair, self.worker.owner, token, self.settings.lease_seconds)
+                    if claim is None:
+                        shown = f"{quoted(candidate.name)} on {quoted(candidate.dataset, 60)}"
+                        log.debug("%s claimed by another worker", shown)
+                        continue
+                    group.append(claim)
+                if group:
+                    yield group
+
+    def _evaluate_and_record(self, claims: Sequence[ClaimedCheckpoint]) -> list[Outcome]:
+        for claim in claims:
+            log.info("evaluating %s (arch %s, attempt %d)", claim.label, quoted(claim.arch, 60), claim.attempt)
+        unfinished = {claim.lease_token: claim for claim in claims}
+        outcomes: list[Outcome] = []
+        versions: dict[str, str] = {}
         heartbeat_repo = self.heartbeat_repository()
+        lease, interval = self.settings.lease_seconds, self.settings.heartbeat_seconds
         try:
-            with Heartbeat(heartbeat_repo, claim, self.settings.lease_seconds, self.settings.heartbeat_seconds) as beat:
-                try:
-                    record = evaluate_claim(
-                        claim, self.settings, self.worker, beat.lost.is_set, self.parser, self.read_table
-                    )
-                except EvaluationAborted:
-                    return self._lost(claim, "lease lost during evaluation; stopped without writing")
+            with Heartbeat(heartbeat_repo, claims, lease, interval) as beat:
+                batches = evaluate_group(claims, self.settings, self.worker, beat.is_lost, self.parser, self.read_table)
+                for batch in batches:
+                    for claim, _ in batch:
+                        beat.finished(claim)
+                    for (claim, record), outcome in zip(batch, self._record(batch), strict=True):
+                        del unfinished[claim.lease_token]
+                        if record is not None and record.dataset_sha256 is not None and outcome.status != "lost":
+                            versions[claim.dataset] = record.dataset_sha256
+                        outcomes.append(outcome)
+                        self.on_outcome(outcome)
+        except BaseException:
+            # Interrupted (or a database failure): hand the pairs not yet recorded back, so the next
+            # run takes them at once instead of waiting for their leases to expire.
+            for claim in unfinished.values():
+                self._release_quietly(claim)
+            raise
         finally:
             heartbeat_repo.close()
-        try:
-            run_id = self.repository.finish(claim, record)
-        except LeaseLost as exc:
-            return self._lost(claim, str(exc))
-        if record.dataset_sha256 is not None:
-            requeued = self.repository.record_dataset_version(claim.dataset, record.dataset_sha256)
-            if requeued:
-                log.info("dataset %s has a new version: %d pair(s) queued again", quoted(claim.dataset, 60), requeued)
+        for dataset, fingerprint in versions.items():
+            self._record_dataset_version(dataset, fingerprint)
+        return outcomes
+
+    def _record(self, batch: Sequence[tuple[ClaimedCheckpoint, RunRecord | None]]) -> list[Outcome]:
+        """Write the batch's results in one transaction, each fenced by its lease token; a lost lease writes nothing."""
+        to_write = [(claim, record) for claim, record in batch if record is not None]
+        written = iter(self.repository.finish_many(to_write))
+        outcomes = []
+        for claim, record in batch:
+            if record is None:
+                outcomes.append(self._lost(claim, "lease lost during evaluation; stopped without writing"))
+                continue
+            run_id = next(written)
+            if isinstance(run_id, LeaseLost):
+                outcomes.append(self._lost(claim, str(run_id)))
+                continue
+            outcomes.append(self._outcome(claim, record, run_id))
+        return outcomes
+
+    def _outcome(self, claim: ClaimedCheckpoint, record: RunRecord, run_id: int) -> Outcome:
         outcome = Outcome(
             checkpoint_id=claim.checkpoint_id,
             name=claim.name,
@@ -351,6 +327,11 @@ class Job:
                 f" ({record.verdict_reasons})" if record.verdict_reasons else "",
             )
         return outcome
+
+    def _record_dataset_version(self, dataset: str, fingerprint: str) -> None:
+        requeued = self.repository.record_dataset_version(dataset, fingerprint)
+        if requeued:
+            log.info("dataset %s has a new version: %d pair(s) queued again", quoted(dataset, 60), requeued)
 
     def _lost(self, claim: ClaimedCheckpoint, reason: str) -> Outcome:
         log.warning("%s: %s", claim.label, reason)

@@ -21,7 +21,10 @@ import sys
 import traceback
 from typing import BinaryIO
 
+from .allocator import retain_freed_memory
 from .isolation import MAX_REQUEST_HEADER_BYTES, decode_layout, read_frame, write_frame
+
+PARSER_RETAIN_BYTES = 64 * 1024 * 1024
 
 _PR_SET_PDEATHSIG = 1
 
@@ -138,6 +141,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
+    # Each request allocates and frees buffers of the checkpoint's size; kept for the next request
+    # instead of being unmapped and faulted in again (a third of the parse time for a 3 MB file).
+    # Bounded: blocks above 64 MiB are still mapped and returned, as is a free heap top above it.
+    retain_freed_memory(PARSER_RETAIN_BYTES)
     import safetensors.torch  # noqa: F401 (import before the first request, not inside its budget)
 
     from . import checkpoints  # noqa: F401 (no architectures: the layout comes with each request)
@@ -145,5 +152,14 @@ def main() -> int:
     return serve(requests, replies)
 
 
+def exit_now(code: int) -> None:
+    """End the process without tearing down the interpreter: nothing is left to clean up, and with
+    torch imported the teardown alone takes about 0.4 s, which the worker would wait for."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -82,6 +82,37 @@ def test_finish_writes_run_metrics_and_state_together(repositories, deployment: 
     assert deployment.rows("SELECT count(*) FROM ckpt_eval.evaluation_runs") == [["1"]]
 
 
+def test_finishing_a_group_writes_every_pair_still_ours_in_one_transaction(
+    repositories, deployment: Deployment
+) -> None:
+    first, second = repositories
+    good = first.claim(GOOD_PAIR, "w1", "token-1", 60)
+    other = first.claim(("digits-mlp-undertrained", "digits"), "w1", "token-2", 60)
+    deployment.sql(
+        "UPDATE ckpt_eval.evaluations SET lease_expires_at = now() - interval '1 second' "
+        "WHERE checkpoint_name = 'digits-mlp-undertrained'"
+    )
+    taken = second.claim(("digits-mlp-undertrained", "digits"), "w2", "token-3", 60)
+    assert taken is not None
+
+    [run_id, lost] = first.finish_many([(good, record()), (other, record("failed"))])
+    assert isinstance(lost, LeaseLost)
+    assert "lease lost to another worker" in str(lost)
+    assert deployment.rows("SELECT run_id, lease_token FROM ckpt_eval.evaluation_runs") == [[str(run_id), "token-1"]]
+    metrics = deployment.rows(
+        f"SELECT metric, class_label, value FROM ckpt_eval.evaluation_metrics WHERE run_id = {run_id} ORDER BY 1, 2"
+    )
+    assert metrics == [["accuracy", "", "0.9"], ["f1_macro", "", "0.8"], ["loss", "", "0.1"], ["precision", "0", "1"]]
+    assert deployment.rows(
+        "SELECT checkpoint_name, status, lease_owner FROM ckpt_eval.evaluations ORDER BY checkpoint_name"
+    ) == [["digits-mlp-good", "done", ""], ["digits-mlp-undertrained", "running", "w2"]]
+    # The same batch again (a commit acknowledgement lost with the connection): nothing written twice.
+    assert first.finish_many([(good, record()), (other, record("failed"))])[0] == run_id
+    assert deployment.rows("SELECT count(*) FROM ckpt_eval.evaluation_runs") == [["1"]]
+    assert deployment.rows("SELECT count(*) FROM ckpt_eval.evaluation_metrics") == [["4"]]
+    assert second.finish_many([(taken, record())])[0] != run_id
+
+
 def test_stale_worker_is_fenced_off_after_its_lease_was_taken_over(repositories, deployment: Deployment) -> None:
     first, second = repositories
     stale = first.claim(GOOD_PAIR, "w1", "token-1", 60)
@@ -141,7 +172,8 @@ def test_release_hands_the_checkpoint_back(repositories, deployment: Deployment)
 def test_repository_reconnects_after_the_connection_is_killed(repositories, deployment: Deployment) -> None:
     first, _ = repositories
     deployment.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ckpt_eval_app'")
-    assert first.candidates(None, 10) == [GOOD_PAIR, ("digits-mlp-undertrained", "digits")]
+    assert [c.pair for c in first.candidates(None, 10)] == [GOOD_PAIR, ("digits-mlp-undertrained", "digits")]
+    assert [c.arch for c in first.candidates(None, 10)] == ["digits_mlp", "digits_mlp"]
 
 
 @pytest.mark.parametrize(

@@ -244,3 +244,42 @@ def test_progress_bar_only_on_a_terminal(deployment: Deployment) -> None:
     shown = b"".join(chunks).decode(errors="replace")
     assert "evaluating:" in shown
     assert "/2 [" in shown
+
+
+def test_checkpoints_evaluated_together_record_what_each_records_alone(deployment: Deployment) -> None:
+    """The default run evaluates pairs of one architecture and dataset in groups (one pass over the
+    data); a rerun one at a time (--group-size 1) records exactly the same metrics for each."""
+    rng = np.random.default_rng(11)
+    write_idx(deployment.data_dir / "fashion_mnist" / "t10k-images-idx3-ubyte", rng.integers(0, 256, (200, 28, 28)))
+    write_idx(deployment.data_dir / "fashion_mnist" / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 200))
+    (deployment.checkpoint_root / "group").mkdir()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        torch.save(ReferenceFashionCNN().state_dict(), deployment.checkpoint_root / "group" / f"cnn{seed}.pt")
+        registered = deployment.ckpt_eval(
+            "register", f"group/cnn{seed}.pt", "--arch", "fashion_cnn", "--dataset", "fashion_mnist"
+        )
+        assert registered.returncode == 0, registered.output
+
+    def results() -> dict[str, list[list[str]]]:
+        rows = deployment.rows(
+            "SELECT l.checkpoint_name, m.metric, m.class_label, m.value::text, l.confusion_matrix "
+            "FROM ckpt_eval.latest_evaluations l JOIN ckpt_eval.evaluation_metrics m USING (run_id) "
+            "WHERE l.dataset = 'fashion_mnist' ORDER BY 1, 2, 3"
+        )
+        by_name: dict[str, list[list[str]]] = {}
+        for name, *rest in rows:
+            by_name.setdefault(name, []).append(rest)
+        return by_name
+
+    selected = ("--dataset", "fashion_mnist", "--batch-size", "64")
+    together = deployment.ckpt_eval("run", *selected)
+    assert together.returncode in (0, 3), together.output
+    grouped = results()
+    alone = deployment.ckpt_eval("run", "--force", *selected, "--group-size", "1")
+    assert alone.returncode in (0, 3), alone.output
+    assert results() == grouped
+    assert len(grouped) == 4
+    assert len({tuple(map(tuple, rows)) for rows in grouped.values()}) == 4, "four different models"
+    attempts = deployment.rows("SELECT DISTINCT attempt FROM ckpt_eval.evaluations WHERE dataset = 'fashion_mnist'")
+    assert attempts == [["2"]]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ckpt_eval.db.repository import ClaimedCheckpoint, RunRecord
+from ckpt_eval.db.repository import Candidate, ClaimedCheckpoint, RunRecord
 from ckpt_eval.errors import LeaseLost, UsageError
 
 
@@ -120,8 +120,9 @@ class FakeRepository:
                 count += 1
         return count
 
-    def candidates(self, ids: Sequence[int] | None, limit: int, datasets: Any = None) -> list[tuple[str, str]]:
-        return [key for key, p in self.pairs.items() if self._claimable(p) and self._selected(p, ids, datasets)][:limit]
+    def candidates(self, ids: Sequence[int] | None, limit: int, datasets: Any = None) -> list[Candidate]:
+        claimable = [key for key, p in self.pairs.items() if self._claimable(p) and self._selected(p, ids, datasets)]
+        return [Candidate(name, dataset, self.checkpoints[name]["arch"]) for name, dataset in claimable[:limit]]
 
     def claim(self, pair: tuple[str, str], owner: str, token: str, lease_seconds: float) -> ClaimedCheckpoint | None:
         state = self.pairs[pair]
@@ -137,6 +138,15 @@ class FakeRepository:
 
     def heartbeat(self, claim: ClaimedCheckpoint, lease_seconds: float) -> bool:
         return self.pairs[(claim.name, claim.dataset)].lease_token == claim.lease_token
+
+    def finish_many(self, results: Sequence[tuple[ClaimedCheckpoint, RunRecord]]) -> list[int | LeaseLost]:
+        written: list[int | LeaseLost] = []
+        for claim, record in results:
+            try:
+                written.append(self.finish(claim, record))
+            except LeaseLost as exc:
+                written.append(exc)
+        return written
 
     def finish(self, claim: ClaimedCheckpoint, record: RunRecord) -> int:
         state = self.pairs[(claim.name, claim.dataset)]

@@ -18,7 +18,13 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from ckpt_eval.architectures import build_model
-from ckpt_eval.checkpoints import check_zip_archive, inspect_checkpoint, load_checkpoint
+from ckpt_eval.checkpoints import (
+    CheckpointRequest,
+    check_zip_archive,
+    inspect_checkpoint,
+    load_checkpoint,
+    load_checkpoints,
+)
 from ckpt_eval.errors import CheckpointError
 from ckpt_eval.evaluate import EvaluationAborted
 from ckpt_eval.isolation import CheckpointParser, ParseLimits
@@ -256,3 +262,65 @@ def test_the_parser_is_in_its_own_session_and_ends_with_close(root: Path) -> Non
         parser.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+# --------------------------------------------------------------------------- several checkpoints, pipelined
+
+
+def requests(root: Path, items: list[tuple[str, str | None]]) -> list[tuple[str, CheckpointRequest]]:
+    return [(name, CheckpointRequest(name, "digits_mlp", sha)) for name, sha in items]
+
+
+def test_loading_several_gives_each_its_own_result_in_order(tight: CheckpointParser, root: Path) -> None:
+    good = [put(root, f"g{i}.pt", digits_bytes(i)) for i in range(3)]
+    bomb = put(root, "bomb.pt", hostile.hash_bomb_pickle())
+    put(root, "tampered.pt", digits_bytes(7))
+    items = [("g0.pt", good[0]), ("missing.pt", "0" * 64), ("bomb.pt", bomb), ("g1.pt", good[1]),
+             ("tampered.pt", "f" * 64), ("nohash.pt", None), ("g2.pt", good[2])]  # fmt: skip
+    results = dict(load_checkpoints(root, requests(root, items), tight))
+    assert list(results) == [name for name, _ in items]
+    for index in range(3):
+        loaded = results[f"g{index}.pt"]
+        assert not isinstance(loaded, Exception)
+        alone = load_checkpoint(root, f"g{index}.pt", "digits_mlp", good[index], tight)
+        assert loaded.sha256 == good[index]
+        theirs_by_key = alone.model.state_dict()
+        for key, ours in loaded.model.state_dict().items():
+            theirs = theirs_by_key[key]
+            assert torch.equal(ours, theirs), key
+    assert "not found" in str(results["missing.pt"])
+    assert "CPU-time limit" in str(results["bomb.pt"])
+    assert "sha256 mismatch" in str(results["tampered.pt"])
+    assert "no sha256 is recorded" in str(results["nohash.pt"])
+    assert_still_serves(tight, root)
+
+
+def test_a_lost_lease_stops_only_its_own_checkpoint(tight: CheckpointParser, root: Path) -> None:
+    shas = [put(root, f"g{i}.pt", digits_bytes(i)) for i in range(3)]
+    loading = [(f"g{i}.pt", CheckpointRequest(f"g{i}.pt", "digits_mlp", shas[i], should_stop=lambda i=i: i == 1))
+               for i in range(3)]  # fmt: skip
+    results = dict(load_checkpoints(root, loading, tight))
+    assert isinstance(results["g1.pt"], EvaluationAborted)
+    assert not isinstance(results["g0.pt"], Exception)
+    assert not isinstance(results["g2.pt"], Exception)
+
+
+def test_time_spent_by_the_consumer_is_not_the_parse_wall_time(root: Path) -> None:
+    shas = [put(root, f"g{i}.pt", digits_bytes(i)) for i in range(3)]
+    with CheckpointParser(ParseLimits(wall_seconds=1.0, cpu_seconds=30)) as parser:
+        results = []
+        for name, result in load_checkpoints(root, requests(root, [(f"g{i}.pt", shas[i]) for i in range(3)]), parser):
+            results.append((name, result))
+            time.sleep(1.5)  # a pass over the data, longer than the parser may take for one checkpoint
+    assert [type(result).__name__ for _, result in results] == ["LoadedCheckpoint"] * 3
+
+
+def test_closing_the_loader_early_leaves_a_parser_that_serves(root: Path) -> None:
+    shas = [put(root, f"g{i}.pt", digits_bytes(i)) for i in range(3)]
+    with CheckpointParser(ParseLimits(wall_seconds=20, cpu_seconds=30)) as parser:
+        loading = load_checkpoints(root, requests(root, [(f"g{i}.pt", shas[i]) for i in range(3)]), parser)
+        name, first = next(loading)
+        assert name == "g0.pt"
+        assert not isinstance(first, Exception)
+        loading.close()  # g1 was in the parser: it is replaced
+        assert_still_serves(parser, root)

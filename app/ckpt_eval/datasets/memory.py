@@ -16,9 +16,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
+    import torch
+
     from ..architectures import Architecture
 
 
@@ -58,7 +59,7 @@ class ArrayDataset:
     sample_shape: tuple[int, ...]
     sha256: str
     class_names: tuple[str, ...] | None = None
-    _prepared: dict[object, torch.Tensor] = field(default_factory=dict, repr=False)
+    _prepared: dict[object, torch.Tensor] = field(default_factory=dict, repr=False)  # torch imported on first use
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -73,6 +74,8 @@ class ArrayDataset:
     @cached_property
     def inputs(self) -> torch.Tensor:
         """All inputs, (N, *sample_shape) float32: converted on first use, then kept (4 bytes a value)."""
+        import torch
+
         scaled = self.features.astype(np.float32)
         if self.scale != 1.0:
             scaled /= np.float32(self.scale)
@@ -81,6 +84,8 @@ class ArrayDataset:
     @cached_property
     def targets(self) -> torch.Tensor:
         """The labels as an int64 tensor sharing the array's memory."""
+        import torch
+
         return torch.from_numpy(self.labels)
 
     def prepared(self, architecture: Architecture | None) -> torch.Tensor:

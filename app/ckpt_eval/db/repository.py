@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -26,6 +26,18 @@ from .errors import Transient, is_lost_race, server_message, translate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Candidate(NamedTuple):
+    """A claimable (checkpoint name, dataset) pair and its checkpoint's architecture."""
+
+    name: str
+    dataset: str
+    arch: str | None
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.name, self.dataset)
 
 
 @dataclass(frozen=True)
@@ -278,13 +290,13 @@ class Repository:
     # -- the claim protocol -------------------------------------------------------------------
     def candidates(
         self, ids: Sequence[int] | None, limit: int, datasets: Sequence[str] | None = None
-    ) -> list[tuple[str, str]]:
-        """Claimable (checkpoint name, dataset) pairs, oldest request first."""
+    ) -> list[Candidate]:
+        """Claimable (checkpoint name, dataset) pairs with their architecture, oldest request first."""
 
-        def query(conn: psycopg.Connection) -> list[tuple[str, str]]:
+        def query(conn: psycopg.Connection) -> list[Candidate]:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
             params = {**_selection(ids, datasets), "now": now, "limit": limit}
-            return [(row[0], row[1]) for row in conn.execute(sql.CANDIDATES, params).fetchall()]
+            return [Candidate(row[0], row[1], row[2]) for row in conn.execute(sql.CANDIDATES, params).fetchall()]
 
         return self._with_retry(query, "finding pending checkpoints")
 
@@ -339,29 +351,58 @@ class Repository:
 
     def finish(self, claim: ClaimedCheckpoint, record: RunRecord) -> int:
         """Record the run, its metrics and the job state in ONE transaction fenced by the lease token."""
+        (result,) = self.finish_many([(claim, record)])
+        if isinstance(result, LeaseLost):
+            raise result
+        return result
 
-        def write(conn: psycopg.Connection) -> int:
+    def finish_many(self, results: Sequence[tuple[ClaimedCheckpoint, RunRecord]]) -> list[int | LeaseLost]:
+        """Record several runs in ONE transaction, each fenced by its own lease token.
+
+        A pair whose lease is no longer ours gets LeaseLost in its place and nothing written for it;
+        the others are written (run row, metrics, job state), all in one commit. A pair whose fence
+        fails because this very token already finished it (a commit acknowledgement lost with the
+        connection, then retried) gets the run that was written, never a second one.
+        """
+        if not results:
+            return []
+
+        def write(conn: psycopg.Connection) -> list[int | LeaseLost]:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            existing = self._run_with_token(conn, claim.lease_token)
-            if existing is not None:  # an earlier attempt committed before the connection broke
-                return existing
+            written: list[int | LeaseLost] = []
+            run_ids: list[int] = []
+            metrics: list[str] = []
+            labels: list[str] = []
+            values: list[float] = []
             with conn.transaction():
-                fenced = conn.execute(
-                    sql.FINISH_JOB,
-                    {
-                        **claim.key,
-                        "status": record.job_status,
-                        "now": now,
-                        "token": claim.lease_token,
-                        "fingerprint": record.dataset_sha256,
-                    },
-                )
-                if fenced.rowcount != 1:
-                    raise LeaseLost(f"{claim.label}: lease lost to another worker; result discarded")
-                run_id = conn.execute(sql.INSERT_RUN, self._run_params(claim, record)).fetchone()[0]  # type: ignore[index]
-                with conn.cursor() as cur:
-                    cur.executemany(sql.INSERT_METRIC, [(run_id, m, label, v) for m, label, v in record.metrics])
-            return int(run_id)
+                for claim, record in results:
+                    fenced = conn.execute(
+                        sql.FINISH_JOB,
+                        {
+                            **claim.key,
+                            "status": record.job_status,
+                            "now": now,
+                            "token": claim.lease_token,
+                            "fingerprint": record.dataset_sha256,
+                        },
+                    )
+                    if fenced.rowcount != 1:
+                        # Only on this path (rare) are the runs searched by token.
+                        row = conn.execute(sql.RUNS_BY_TOKENS, {"tokens": [claim.lease_token]}).fetchone()
+                        lost = LeaseLost(f"{claim.label}: lease lost to another worker; result discarded")
+                        written.append(int(row[1]) if row is not None else lost)
+                        continue
+                    run_id = int(conn.execute(sql.INSERT_RUN, self._run_params(claim, record)).fetchone()[0])  # type: ignore[index]
+                    written.append(run_id)
+                    for metric, label, value in record.metrics:
+                        run_ids.append(run_id)
+                        metrics.append(metric)
+                        labels.append(label)
+                        values.append(value)
+                if run_ids:
+                    params = {"run_ids": run_ids, "metrics": metrics, "labels": labels, "values": values}
+                    conn.execute(sql.INSERT_METRICS, params)
+            return written
 
         return self._with_retry(write, "recording the result")
 
@@ -371,11 +412,6 @@ class Repository:
             conn.execute(sql.RELEASE_JOB, {**claim.key, "token": claim.lease_token, "now": now})
 
         self._with_retry(update, "releasing a lease")
-
-    @staticmethod
-    def _run_with_token(conn: psycopg.Connection, token: str) -> int | None:
-        row = conn.execute(sql.RUN_BY_TOKEN, {"token": token}).fetchone()
-        return None if row is None else int(row[0])
 
     @staticmethod
     def _run_params(claim: ClaimedCheckpoint, record: RunRecord) -> dict[str, Any]:

@@ -44,11 +44,17 @@ WHERE c.dataset IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM ckpt_eval.evaluations e WHERE e.checkpoint_name = c.name AND e.dataset = c.dataset)
 """
 
+# With each pair's architecture (NULL: the checkpoint row is gone), so the job can group them.
 CANDIDATES = f"""
-SELECT checkpoint_name, dataset FROM ckpt_eval.evaluations
-WHERE {_CLAIMABLE} AND {_SELECTED}
-ORDER BY requested_at, checkpoint_id, dataset
-LIMIT %(limit)s
+SELECT p.checkpoint_name, p.dataset, c.arch
+FROM (
+    SELECT checkpoint_name, dataset, requested_at, checkpoint_id FROM ckpt_eval.evaluations
+    WHERE {_CLAIMABLE} AND {_SELECTED}
+    ORDER BY requested_at, checkpoint_id, dataset
+    LIMIT %(limit)s
+) p
+LEFT JOIN ckpt_eval.checkpoints c ON c.name = p.checkpoint_name
+ORDER BY p.requested_at, p.checkpoint_id, p.dataset
 """
 
 CLAIM = f"""
@@ -104,12 +110,16 @@ VALUES (
 RETURNING run_id
 """
 
-# Resolves a finish whose commit outcome was lost with the connection.
-RUN_BY_TOKEN = "SELECT run_id FROM ckpt_eval.evaluation_runs WHERE lease_token = %(token)s"  # noqa: S105
+# Resolves a finish whose commit outcome was lost with the connection (only then: it scans the runs).
+RUNS_BY_TOKENS = "SELECT lease_token, run_id FROM ckpt_eval.evaluation_runs WHERE lease_token = ANY(%(tokens)s::text[])"
 
-INSERT_METRIC = """
+# The metric rows of several runs in one statement (one round trip, not one per row): four arrays
+# unnested side by side (multi-argument unnest in FROM: PostgreSQL 9.4, so Greenplum 6 too).
+INSERT_METRICS = """
 INSERT INTO ckpt_eval.evaluation_metrics (run_id, metric, class_label, value)
-VALUES (%s, %s, %s, %s)
+SELECT m.run_id, m.metric, m.class_label, m.value
+FROM unnest(%(run_ids)s::bigint[], %(metrics)s::text[], %(labels)s::text[], %(values)s::double precision[])
+    AS m(run_id, metric, class_label, value)
 """
 
 REQUEUE_FINISHED = f"""
