@@ -1,7 +1,8 @@
 """Result writes per second through the application's own repository (claim excluded, finish timed).
 
 Each finish is what ckpt-eval writes after one evaluation: the run row, its 46 metric rows and
-the job state, in one transaction fenced by the lease token.
+the job state, fenced by the lease token; one at a time (``finish``, one transaction each) and as
+the job writes a group's pass (``finish_many``, one transaction for the group, each pair fenced).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from .fixture import DATASET, BenchDatabase
 
 
-def measure_writes(database: BenchDatabase, records: int) -> dict[str, float]:
+def measure_writes(database: BenchDatabase, records: int, group_size: int = 8) -> dict[str, float]:
     from ckpt_eval.credentials import decrypt_credentials
     from ckpt_eval.db.connection import RetryPolicy
     from ckpt_eval.db.repository import Repository, RunRecord
@@ -50,21 +51,35 @@ def measure_writes(database: BenchDatabase, records: int) -> dict[str, float]:
         metrics=metrics.rows(),
     )
     names = [path.stem for path in database.checkpoints]
-    elapsed = 0.0
-    written = 0
-    with Repository(creds, RetryPolicy(attempts=2, max_seconds=5)) as repository:
-        while written < records:
-            database.reset()
-            for name in names[: records - written]:
-                claim = repository.claim((name, DATASET), "bench:0:0", uuid.uuid4().hex, 300.0)
-                if claim is None:
-                    raise RuntimeError(f"could not claim {name}")
-                start = time.perf_counter()
-                repository.finish(claim, record)
-                elapsed += time.perf_counter() - start
-                written += 1
+
+    def timed(batch: int) -> tuple[float, int]:
+        elapsed = 0.0
+        written = 0
+        with Repository(creds, RetryPolicy(attempts=2, max_seconds=5)) as repository:
+            while written < records:
+                database.reset()
+                pending = names[: records - written]
+                for first in range(0, len(pending), batch):
+                    claims = []
+                    for name in pending[first : first + batch]:
+                        claim = repository.claim((name, DATASET), "bench:0:0", uuid.uuid4().hex, 300.0)
+                        if claim is None:
+                            raise RuntimeError(f"could not claim {name}")
+                        claims.append(claim)
+                    start = time.perf_counter()
+                    if batch == 1:
+                        repository.finish(claims[0], record)
+                    else:
+                        repository.finish_many([(claim, record) for claim in claims])
+                    elapsed += time.perf_counter() - start
+                    written += len(claims)
+        return elapsed, written
+
+    elapsed, written = timed(1)
+    grouped_elapsed, grouped = timed(group_size)
     return {
         "results_per_second": written / elapsed,
         "metric_rows_per_second": written * len(record.metrics) / elapsed,
         "results": written,
+        "grouped_results_per_second": grouped / grouped_elapsed,
     }

@@ -138,6 +138,19 @@ class _CheckpointFile:
             remaining -= len(block)
             yield block
 
+    def read_all(self) -> bytearray:
+        """Exactly ``size`` bytes in one buffer, hashed as they are read (the buffer the worker keeps)."""
+        buffer = bytearray(self.size)
+        view = memoryview(buffer)
+        done = 0
+        while done < self.size:
+            count = self._stream.readinto(view[done : min(done + _READ_BLOCK, self.size)])
+            if not count:
+                raise CheckpointError(f"checkpoint {self.name} shrank while it was being read")
+            self._digest.update(view[done : done + count])
+            done += count
+        return buffer
+
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
@@ -180,7 +193,7 @@ class _Prepared:
     path: Path
     suffix: str
     layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
-    data: bytes | None = None
+    data: bytearray | None = None
     sha256: str = ""
     size: int = 0
 
@@ -218,7 +231,7 @@ def _prepare(root: Path, request: CheckpointRequest, limits: ParseLimits) -> _Pr
     with _CheckpointFile(path, limits.memory_bytes) as checkpoint:
         if checkpoint.size > PREFETCH_BYTES:
             return prepared  # streamed through the parser while it is hashed (_parse_streamed)
-        prepared.data = b"".join(checkpoint.blocks())
+        prepared.data = checkpoint.read_all()
         prepared.sha256, prepared.size = checkpoint.sha256, checkpoint.size
     _approver(request)(prepared.sha256)
     return prepared
@@ -440,6 +453,64 @@ def _local_method(data: bytes | memoryview, offset: int) -> int:
     if len(header) < _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
         return -1
     return int(_LOCAL_HEADER.unpack(header)[3])
+
+
+def stored_regions(data: bytes | bytearray | memoryview, suffix: str) -> list[tuple[int, int]]:
+    """Where a file keeps raw tensor bytes: (offset, length) of each record of a torch archive (its
+    local header skipped) or each safetensors entry. Called on a file the parser has already loaded."""
+    import json
+
+    view = memoryview(data)
+    regions: list[tuple[int, int]] = []
+    if suffix == SAFETENSORS_SUFFIX:
+        length = int.from_bytes(view[:8], "little")
+        header = json.loads(bytes(view[8 : 8 + length]))
+        base = 8 + length
+        for key, entry in header.items():
+            if key != "__metadata__":
+                begin, end = entry["data_offsets"]
+                regions.append((base + int(begin), int(end) - int(begin)))
+    elif bytes(view[:4]) == ZIP_MAGIC:
+        with zipfile.ZipFile(io.BytesIO(view)) as archive:
+            for info in archive.infolist():
+                local = bytes(view[info.header_offset : info.header_offset + _LOCAL_HEADER.size])
+                if len(local) == _LOCAL_HEADER.size:
+                    *_, name_length, extra_length = _LOCAL_HEADER.unpack(local)
+                    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+                    regions.append((start, info.file_size))
+    return regions
+
+
+def locate_tensors(
+    data: bytes | bytearray | memoryview, suffix: str, tensors: Mapping[str, torch.Tensor], max_compared: int
+) -> dict[str, tuple[int, int]]:
+    """The tensors whose bytes lie verbatim in ``data`` (a whole record or entry of the same length),
+    with their (offset, length): the worker, which holds the very bytes it verified, can take those
+    tensors from them instead of receiving a copy. Comparing stops past ``max_compared`` bytes (a
+    file of many identical tensors costs no more than a few reads of itself); the rest is sent."""
+    import numpy as np
+    import torch
+
+    by_length: dict[int, list[int]] = {}
+    for offset, length in stored_regions(data, suffix):
+        if length > 0 and offset + length <= len(data):
+            by_length.setdefault(length, []).append(offset)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    found: dict[str, tuple[int, int]] = {}
+    compared = 0
+    for key, tensor in tensors.items():
+        length = tensor.numel() * tensor.element_size()
+        if not tensor.is_contiguous() or length == 0:
+            continue
+        ours = tensor.reshape(-1).view(torch.uint8).numpy()
+        for offset in by_length.get(length, ()):
+            if compared + length > max_compared:
+                return found
+            compared += length
+            if np.array_equal(raw[offset : offset + length], ours):
+                found[key] = (offset, length)
+                break
+    return found
 
 
 def deserialize_state_dict(data: bytes | memoryview, suffix: str, name: str, max_expanded: int) -> dict[str, object]:

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -224,11 +225,14 @@ class _Stopped(Exception):
 
 @dataclass
 class _Request:
-    """A checkpoint sent to the parser: how it is named, and until when it may take."""
+    """A checkpoint sent to the parser: how it is named, until when it may take, and (for a whole
+    file) the verified bytes the worker holds, from which the parser may point out tensors."""
 
     shown: str
     started: float
     deadline: float
+    data: bytearray | None = None
+    layout: StateLayout | None = None
 
 
 class CheckpointParser:
@@ -368,7 +372,7 @@ class CheckpointParser:
     # -- a whole, verified checkpoint: the parser works while the worker does other things ------
     def submit(
         self,
-        data: bytes,
+        data: bytearray,
         *,
         suffix: str,
         arch: str,
@@ -382,10 +386,14 @@ class CheckpointParser:
         the parse. One submitted checkpoint at a time."""
         if self._pending is not None:
             raise RuntimeError("a submitted checkpoint has not been collected")
-        encoded = self._request(name, arch, suffix, len(data), layout)
+        if layout is None:
+            from .architectures import state_spec
+
+            layout = state_spec(arch)
+        encoded = self._request(name, arch, suffix, len(data), layout, reply="offsets")
         pipe = self._ensure_ready()
         started = time.monotonic()
-        request = _Request(quoted(name), started, started + self.limits.wall_seconds)
+        request = _Request(quoted(name), started, started + self.limits.wall_seconds, data, layout)
         try:
             pipe.send(encoded, request.deadline, should_stop)
             pipe.send(data, request.deadline, should_stop)
@@ -415,7 +423,9 @@ class CheckpointParser:
             self._pending = None
             self._kill()
 
-    def _request(self, name: str, arch: str, suffix: str, size: int, layout: StateLayout | None) -> bytes:
+    def _request(
+        self, name: str, arch: str, suffix: str, size: int, layout: StateLayout | None, reply: str = "tensors"
+    ) -> bytes:
         if layout is None:
             from .architectures import state_spec
 
@@ -428,6 +438,7 @@ class CheckpointParser:
             "size": size,
             "cpu_seconds": self.limits.cpu_seconds,
             "memory_bytes": self.limits.memory_bytes,
+            "reply": reply,
         }
         encoded = json.dumps(request).encode()
         if len(encoded) > MAX_REQUEST_HEADER_BYTES:
@@ -451,7 +462,10 @@ class CheckpointParser:
                     f"{limits.memory_bytes // 2**20} MiB (--load-memory-mb)"
                 )
             raise CheckpointError(printable(header.get("error") or "refused by the parser", 800))
-        return _tensors_from(payload, request.shown)
+        tensors = _tensors_from(payload, request.shown)
+        if header.get("located") is not None:
+            tensors.update(_located_tensors(header["located"], request, set(tensors)))
+        return tensors
 
     def _fail(self, request: _Request, exc: BaseException) -> NoReturn:
         """The parser is somewhere inside a request that went wrong: replace it, and say why."""
@@ -490,9 +504,45 @@ class CheckpointParser:
         return f"the parser stopped unexpectedly (exit {returncode})"
 
 
+def _located_tensors(located: object, request: _Request, sent: set[str]) -> dict[str, torch.Tensor]:
+    """Tensors the parser found verbatim in the file, taken from the bytes the worker verified (no
+    copy: the tensors share that buffer). Shape and dtype are the worker's own layout's; the parser
+    only says where the bytes are, and anything that does not fit the buffer or the layout is refused."""
+    import torch
+
+    data, layout = request.data, request.layout
+    unreadable = CheckpointError(f"checkpoint {request.shown}: the parser sent an unreadable result")
+    if data is None or layout is None or not isinstance(located, list):
+        raise unreadable
+    tensors: dict[str, torch.Tensor] = {}
+    for item in located:
+        if not (
+            isinstance(item, list)
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in item[1:])
+        ):
+            raise unreadable
+        key, offset, length = item
+        if key not in layout or key in tensors or key in sent:
+            raise unreadable
+        shape, dtype = layout[key]
+        count = math.prod(shape)
+        if length != count * dtype.itemsize or offset < 0 or offset + length > len(data):
+            raise unreadable
+        if offset % dtype.itemsize:  # never from torch.save (records are 64-byte aligned): a copy, aligned
+            raw = torch.frombuffer(bytearray(data[offset : offset + length]), dtype=dtype, count=count)
+        else:
+            raw = torch.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        tensors[key] = raw.view(shape)
+    return tensors
+
+
 def _tensors_from(payload: bytes, shown: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
+    if not payload:
+        return {}
     try:
         return dict(load(payload))
     except Exception as exc:  # the parser only ever sends what safetensors wrote; anything else is refused

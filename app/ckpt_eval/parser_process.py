@@ -70,19 +70,32 @@ def _read_exact(stream: BinaryIO, size: int) -> bytearray:
     return buffer
 
 
-def _parse(header: dict[str, object], data: bytearray) -> bytes:
+def _parse(header: dict[str, object], data: bytearray) -> tuple[dict[str, object], bytes]:
+    """The reply to one request: its header and its payload (safetensors of the tensors to send).
+
+    When the worker holds the file's bytes (``"reply": "offsets"``), tensors found verbatim in them
+    are answered with where they are, and only the others are sent.
+    """
     from safetensors.torch import save
 
-    from .checkpoints import conform_to_architecture, deserialize_state_dict
+    from .checkpoints import conform_to_architecture, deserialize_state_dict, locate_tensors
 
     name = str(header["name"])
     arch = str(header["arch"])
+    suffix = str(header["suffix"])
     layout = decode_layout(header.get("layout"))
-    state = deserialize_state_dict(memoryview(data), str(header["suffix"]), name, int(header["memory_bytes"]))  # type: ignore[call-overload]
-    del data
+    state = deserialize_state_dict(memoryview(data), suffix, name, int(header["memory_bytes"]))  # type: ignore[call-overload]
     tensors = conform_to_architecture(state, layout, arch, name)
     del state
-    return bytes(save(tensors))
+    located: dict[str, tuple[int, int]] = {}
+    if header.get("reply") == "offsets":
+        located = locate_tensors(data, suffix, tensors, max_compared=4 * len(data))
+    del data
+    rest = {key: tensor for key, tensor in tensors.items() if key not in located}
+    reply: dict[str, object] = {"ok": True}
+    if located:
+        reply["located"] = [[key, offset, length] for key, (offset, length) in located.items()]
+    return reply, bytes(save(rest)) if rest else b""
 
 
 def serve(requests: BinaryIO, replies: BinaryIO) -> int:
@@ -106,9 +119,9 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> int:
                 del data
                 write_frame(replies, {"ok": False, "kind": "cancelled", "error": "cancelled by the worker"})
                 continue
-            payload = _parse(header, data)
+            reply, payload = _parse(header, data)
             del data
-            write_frame(replies, {"ok": True}, payload)
+            write_frame(replies, reply, payload)
         except EOFError:
             return 0
         except CkptEvalError as exc:

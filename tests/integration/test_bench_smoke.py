@@ -29,6 +29,7 @@ MEASURED = [
     "rss_n_mb",
     "rss_wide_mb",
     "writes_per_second",
+    "grouped_writes_per_second",
     "table_read_rows_per_second",
     "copy_rows_per_second",
     "scale_out_seconds_1",

@@ -573,3 +573,100 @@ def test_reference_fashion_cnn_checkpoint_loads_strictly(root: Path, parser: Che
     inputs = torch.rand(3, 1, 28, 28)
     with torch.inference_mode():
         assert torch.allclose(loaded(inputs), reference(inputs), atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- tensors taken from the verified bytes
+
+
+def archive_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_the_parser_points_out_tensors_stored_verbatim_in_an_archive_and_in_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save as save_safetensors
+
+    from ckpt_eval.checkpoints import locate_tensors
+
+    torch.manual_seed(0)
+    state = build_model("digits_mlp").state_dict()
+    for suffix, data in ((".pt", archive_bytes(state)), (".safetensors", save_safetensors(state))):
+        found = locate_tensors(data, suffix, state, max_compared=10 * len(data))
+        assert set(found) == set(state), suffix
+        for key, (offset, length) in found.items():
+            assert data[offset : offset + length] == state[key].numpy().tobytes(), (suffix, key)
+
+
+def test_what_is_not_stored_verbatim_is_not_pointed_out() -> None:
+    from ckpt_eval.checkpoints import locate_tensors
+
+    torch.manual_seed(0)
+    state = build_model("digits_mlp").state_dict()
+    data = archive_bytes({key: value.double() for key, value in state.items()})  # float64 on disk
+    assert locate_tensors(data, ".pt", state, max_compared=10 * len(data)) == {}
+    assert locate_tensors(b"not an archive", ".pt", state, max_compared=100) == {}
+    # Comparing stops at the budget: a file of many equal-sized tensors costs at most that much.
+    same = {f"t{i}": torch.zeros(1000) for i in range(50)}
+    budget = 5 * 4000
+    assert len(locate_tensors(archive_bytes(same), ".pt", same, max_compared=budget)) <= 5
+
+
+@pytest.mark.parametrize(
+    "located",
+    [
+        "not a list",
+        [["layers.1.weight", 0]],
+        [["layers.1.weight", "0", 8192]],
+        [["layers.1.weight", True, 8192]],
+        [["no.such.key", 0, 8192]],
+        [["layers.1.weight", 0, 4]],  # a length that is not the layout's
+        [["layers.1.weight", 10**9, 8192]],  # past the end of the file
+        [["layers.1.weight", -64, 8192]],
+        [["layers.1.bias", 0, 128], ["layers.1.bias", 0, 128]],  # twice
+    ],
+    ids=["not-a-list", "short-item", "string-offset", "bool-offset", "unknown-key", "wrong-length", "past-the-end",
+         "negative", "twice"],
+)  # fmt: skip
+def test_a_parser_reply_pointing_anywhere_else_is_refused(located: object) -> None:
+    from ckpt_eval.architectures import state_spec
+    from ckpt_eval.isolation import _located_tensors, _Request
+
+    request = _Request("'m.pt'", 0.0, 1.0, bytearray(16_384), state_spec("digits_mlp"))
+    with pytest.raises(CheckpointError, match="the parser sent an unreadable result"):
+        _located_tensors(located, request, sent=set())
+
+
+def test_a_tensor_both_sent_and_pointed_out_is_refused() -> None:
+    from ckpt_eval.architectures import state_spec
+    from ckpt_eval.isolation import _located_tensors, _Request
+
+    request = _Request("'m.pt'", 0.0, 1.0, bytearray(16_384), state_spec("digits_mlp"))
+    with pytest.raises(CheckpointError, match="unreadable result"):
+        _located_tensors([["layers.1.bias", 0, 128]], request, sent={"layers.1.bias"})
+
+
+def test_pointed_out_tensors_share_the_verified_buffer_or_are_aligned_copies() -> None:
+    from ckpt_eval.architectures import state_spec
+    from ckpt_eval.isolation import _located_tensors, _Request
+
+    data = bytearray(torch.arange(40, dtype=torch.float32).numpy().tobytes()) + bytearray(4)
+    request = _Request("'m.pt'", 0.0, 1.0, data, state_spec("digits_mlp"))
+    aligned = _located_tensors([["layers.3.bias", 4, 40]], request, sent=set())["layers.3.bias"]
+    assert torch.equal(aligned, torch.arange(1, 11, dtype=torch.float32))
+    assert aligned.data_ptr() == torch.frombuffer(data, dtype=torch.uint8).data_ptr() + 4  # no copy
+    misaligned = _located_tensors([["layers.3.bias", 2, 40]], request, sent=set())["layers.3.bias"]
+    assert misaligned.data_ptr() % 4 == 0
+    assert misaligned.numpy().tobytes() == bytes(data[2:42])
+
+
+def test_a_checkpoint_loads_from_the_bytes_that_were_verified(root: Path, parser: CheckpointParser) -> None:
+    torch.manual_seed(3)
+    state = build_model("fashion_cnn").state_dict()
+    data = archive_bytes(state)
+    (root / "cnn.pt").write_bytes(data)
+    loaded = load_checkpoint(root, "cnn.pt", "fashion_cnn", hashlib.sha256(data).hexdigest(), parser)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    (root / "cnn.pt").write_bytes(b"\0" * len(data))  # the file changing afterwards changes nothing loaded
+    assert all(torch.equal(v, state[k]) for k, v in loaded.model.state_dict().items())
