@@ -7,6 +7,7 @@ harness's business and are never asserted in tests.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,6 @@ MEASURED = [
     "first_result_seconds",
     "seed_seconds",
     "startup_seconds",
-    "per_checkpoint_ms",
     "forward_gflops",
     "matmul_gflops",
     "rss_n_mb",
@@ -64,6 +64,8 @@ def test_smoke_run_prints_the_table_and_writes_the_json(smoke_run) -> None:
     for key in MEASURED:
         assert figures[key]["value"] is not None, key
         assert figures[key]["value"] > 0, key
+    # A difference of two runs' wall times: at smoke sizes it is mostly noise, so only its presence counts.
+    assert math.isfinite(figures["per_checkpoint_ms"]["value"])
     ratios = {row["key"]: row for row in result["ratios"]}
     assert ratios["ckpt_eval_over_floor"]["value"] > 0
     assert ratios["ckpt_eval_over_floor"]["goal"] == "< 1.0"
