@@ -241,6 +241,13 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
         ),
         Figure("table_peak_rss_mb", "peak RSS evaluating the table", "MB", [float(table["evaluate"]["peak_rss_mb"])]),
         Figure(
+            "table_group_seconds",
+            f"the same table, {mode.group_size} models evaluated in one pass (one read)",
+            "s",
+            [float(table["group"]["seconds"])],
+            note=f"one model: {float(table['evaluate']['seconds']):.1f} s",
+        ),
+        Figure(
             "writes_per_second",
             "result writes (run + 46 metric rows), one transaction each",
             "/s",
@@ -328,6 +335,13 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             f"peak RSS {mode.wide_factor}N / N",
             "x",
             [wide_run.max_rss_mb / statistics.median(m.max_rss_mb for m in runs)],
+        ),
+        Figure(
+            "table_group_over_one",
+            f"table: {mode.group_size} models in one pass / one model",
+            "x",
+            [float(table["group"]["seconds"]) / float(table["evaluate"]["seconds"])],
+            note=f"{mode.group_size} separate passes: {mode.group_size}x",
         ),
         Figure(
             "table_read_over_copy",

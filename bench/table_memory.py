@@ -10,7 +10,9 @@ label. Then, each in a fresh Python process so that peak RSS (ru_maxrss) is its 
 - ``copy``: a plain ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` of the same rows through psycopg,
   each block discarded (the least a client can do to see the rows);
 - ``evaluate``: ``open_dataset`` + ``evaluate_model`` (a 60-16-2 MLP, batch 256) + ``fingerprint()``
-  through db/table_reader.py: parse, validate, prepare, infer, metrics and the multiset hash, one read.
+  through db/table_reader.py: parse, validate, prepare, infer, metrics and the multiset hash, one read;
+- ``group``: the same with 8 different MLPs evaluated together (``evaluate_models``, what ``ckpt-eval
+  run`` does with a group): still one read of the table, for 8 models' metrics.
 
 It prints rows, seconds, rows/s and peak RSS per case, and the ratios the README quotes: peak RSS of
 5M rows over 1M rows (memory does not grow with the row count when it is about 1.0) and evaluation
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 FEATURES = tuple(f"f{i:02d}" for i in range(1, 61))
+GROUP = 8  # models of the group case (ckpt-eval's default --group-size)
 
 
 def _connect(sockdir: str, port: int, dbname: str):  # type: ignore[no-untyped-def]
@@ -47,7 +50,7 @@ def child(case: str, table: str, sockdir: str, port: int, dbname: str, threads: 
     from ckpt_eval.datasets import DatasetDefinition, open_dataset
     from ckpt_eval.db import sql
     from ckpt_eval.db.table_reader import copy_statement, open_table_reader
-    from ckpt_eval.evaluate import evaluate_model
+    from ckpt_eval.evaluate import evaluate_model, evaluate_models
 
     rows = 0
     result: dict[str, object] = {"case": case, "table": table}
@@ -62,10 +65,12 @@ def child(case: str, table: str, sockdir: str, port: int, dbname: str, threads: 
         with _connect(sockdir, port, dbname) as conn:
             rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
         result.update(seconds=time.perf_counter() - start, bytes=total)
-    elif case == "evaluate":
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(60, 16), nn.ReLU(), nn.Linear(16, 2))
-        spec = ArchitectureSpec("bench_mlp", lambda: model, InputSpec((60,), mean=0.5, std=0.3), 2, ("R", "M"))
+    elif case in ("evaluate", "group"):
+        models = []
+        for seed in range(1 if case == "evaluate" else GROUP):
+            torch.manual_seed(seed)
+            models.append(nn.Sequential(nn.Linear(60, 16), nn.ReLU(), nn.Linear(16, 2)))
+        spec = ArchitectureSpec("bench_mlp", lambda: models[0], InputSpec((60,), mean=0.5, std=0.3), 2, ("R", "M"))
         arch = Architecture(spec, "bench", "0")
         reader = open_table_reader(lambda: _connect(sockdir, port, dbname), timeout_ms=3_600_000)
         definition = DatasetDefinition(
@@ -73,8 +78,16 @@ def child(case: str, table: str, sockdir: str, port: int, dbname: str, threads: 
         )
         start = time.perf_counter()
         data = open_dataset(definition, None, reader)
-        metrics = evaluate_model(model, data, arch, batch_size=256)
-        result.update(seconds=time.perf_counter() - start, fingerprint=data.fingerprint(), roc_auc=metrics.roc_auc)
+        if case == "evaluate":
+            metrics = evaluate_model(models[0], data, arch, batch_size=256)
+        else:
+            metrics = evaluate_models(models, data, arch, batch_size=256)[-1]  # type: ignore[assignment]
+        result.update(
+            seconds=time.perf_counter() - start,
+            fingerprint=data.fingerprint(),
+            roc_auc=metrics.roc_auc,
+            models=len(models),
+        )
         rows = metrics.n_samples
     result.update(
         rows=rows,
@@ -133,7 +146,7 @@ def measure(row_counts: list[int], threads: int, progress=None) -> list[dict[str
             base = base or table
             if progress:
                 progress(f"created {table} in {time.perf_counter() - start:.0f} s")
-            for case in ("import", "copy", "evaluate"):
+            for case in ("import", "copy", "evaluate", "group"):
                 result = run_child(case, table, cluster, "bench", threads)
                 results.append(result)
                 if progress:
@@ -171,6 +184,8 @@ def main() -> None:
     for table in tables:
         slowdown = float(by["evaluate", table]["seconds"]) / float(by["copy", table]["seconds"])  # type: ignore[arg-type]
         print(f"{table}: evaluation takes {slowdown:.2f}x the plain COPY's time")
+        group = float(by["group", table]["seconds"]) / float(by["evaluate", table]["seconds"])  # type: ignore[arg-type]
+        print(f"{table}: {GROUP} models in one pass take {group:.2f}x the time of one ({GROUP}x alone)")
 
 
 if __name__ == "__main__":

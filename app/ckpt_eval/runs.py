@@ -81,6 +81,7 @@ class _Attempt:
     started: float
     stop: Callable[[], bool]  # True once the pair's lease is lost
     checkpoint_sha256: str | None = None
+    dataset_sha256: str | None = None  # the streamed dataset's version its pass read
     model: nn.Module | None = None
 
 
@@ -90,7 +91,7 @@ class _Recorder:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.architecture: Architecture | None = None
-        self.dataset_sha256: str | None = None
+        self.in_memory_version: str | None = None  # an in-memory dataset's version, known before any pass
 
     def start(self, claim: ClaimedCheckpoint, is_lost: IsLost) -> _Attempt:
         return _Attempt(claim, datetime.now().astimezone(), time.monotonic(), functools.partial(is_lost, claim))
@@ -128,7 +129,8 @@ class _Recorder:
         gate = self._gate(attempt.claim)
         duration = time.monotonic() - attempt.started
         return {
-            "dataset_sha256": self.dataset_sha256,
+            # The version the pair saw: the pass's read of a streamed dataset, else the in-memory one.
+            "dataset_sha256": attempt.dataset_sha256 or self.in_memory_version,
             "checkpoint_sha256": attempt.checkpoint_sha256,
             "started_at": attempt.started_wall,
             "finished_at": attempt.started_wall + timedelta(seconds=duration),
@@ -187,7 +189,7 @@ def _evaluate_partition(
         recorder.architecture = get_architecture(first.arch)
         data = open_dataset(dataset_definition(first.dataset_row), settings.data_dir, read_table)
         if data.kind in IN_MEMORY_KINDS:  # a streamed dataset's version is known once it has been read whole
-            recorder.dataset_sha256 = data.fingerprint()
+            recorder.in_memory_version = data.fingerprint()
         # Before any byte of a checkpoint is read: an architecture that cannot take this data fails here.
         check_compatible(recorder.architecture, data)
     except Exception as exc:  # the dataset or the architecture: every pair of the partition fails alike
@@ -247,7 +249,9 @@ def _one_pass(
         results = evaluate_models(models, data, architecture, settings.batch_size, stops)  # type: ignore[arg-type]
         del models
         if data.kind not in IN_MEMORY_KINDS:
-            recorder.dataset_sha256 = data.fingerprint()  # the version this pass read
+            version = data.fingerprint()  # the version this pass read (and only its pairs saw)
+            for attempt in loaded:
+                attempt.dataset_sha256 = version
     except Exception as exc:  # the data failed mid-pass (a bad row of a table): every model of the pass
         error = _error_text(exc, loaded[0].claim.label)
         for attempt in loaded:

@@ -32,6 +32,7 @@ MEASURED = [
     "grouped_writes_per_second",
     "table_read_rows_per_second",
     "copy_rows_per_second",
+    "table_group_seconds",
     "scale_out_seconds_1",
     "scale_out_seconds_2",
 ]

@@ -297,3 +297,32 @@ def test_one_heartbeat_extends_every_lease_of_a_group_and_marks_only_the_lost_on
         time.sleep(0.3)
     assert [beat.is_lost(c) for c in claims] == [False, True, False]
     assert set(extended) == {"m0"}, "a lost pair and a finished one are no longer extended"
+
+
+def test_a_group_on_a_streamed_dataset_reads_it_once_and_records_the_version_it_read(
+    parser, tmp_path: Path, passes: list[int]
+) -> None:
+    data_dir, root = tmp_path / "data", tmp_path / "bc"
+    data_dir.mkdir()
+    root.mkdir()
+    csv = Path(__file__).resolve().parents[2] / "demo" / "breast_cancer.csv"
+    (data_dir / "bc.csv").write_bytes(csv.read_bytes())
+    header = csv.read_text().splitlines()[0].split(",")
+    repository = FakeRepository()
+    repository.add_dataset_row(
+        "bc", "csv", source="bc.csv", feature_columns=header[1:-1], label_column="diagnosis",
+        class_names=["malignant", "benign"],
+    )  # fmt: skip
+    for seed in range(3):
+        torch.manual_seed(seed)
+        sha = save(build_model("breast_cancer_mlp"), root / f"b{seed}.pt")
+        repository.add_checkpoint(f"b{seed}", f"b{seed}.pt", "breast_cancer_mlp", sha, ["bc"])
+    job = Job(Settings(checkpoint_root=root, data_dir=data_dir), repository, lambda: repository, parser,  # type: ignore[arg-type]
+              worker=Worker("test", 1, "x"))  # fmt: skip
+    summary = job.run(Selection())
+    assert [o.status for o in summary.outcomes] == ["succeeded"] * 3
+    assert passes == [3], "one read of the file for the three models"
+    versions = {record.dataset_sha256 for _, record in repository.runs}
+    assert len(versions) == 1
+    assert versions == {repository.datasets_by_name["bc"]["fingerprint"]}
+    assert len({tuple(record.metrics) for _, record in repository.runs}) == 3
