@@ -165,6 +165,9 @@ class Job:
         self.read_table = read_table
         self.worker = worker or Worker.current()
         self.on_outcome = on_outcome
+        # Lease token -> pair of every claim made and not yet recorded, registered before the claim
+        # is sent: an interrupt while it commits must still find it to hand it back.
+        self._held: dict[str, tuple[str, str]] = {}
 
     def prepare(self, selection: Selection) -> None:
         """Validate the selection, adopt version-2 rows, queue pairs again when asked or when their data changed."""
@@ -216,12 +219,18 @@ class Job:
         ids: Sequence[int] | None = selection.ids or None
         datasets: Sequence[str] | None = selection.datasets or None
         tried: set[tuple[str, str]] = set()
-        while True:
-            candidates = [c for c in self.repository.candidates(ids, CLAIM_BATCH, datasets) if c.pair not in tried]
-            if not candidates:
-                break
-            for group in self._claimed_groups(candidates, tried):
-                outcomes.extend(self._evaluate_and_record(group))
+        try:
+            while True:
+                candidates = [c for c in self.repository.candidates(ids, CLAIM_BATCH, datasets) if c.pair not in tried]
+                if not candidates:
+                    break
+                for group in self._claimed_groups(candidates, tried):
+                    outcomes.extend(self._evaluate_and_record(group))
+        except BaseException:
+            # Interrupted (or a database failure), wherever it struck: hand back the pairs claimed and
+            # not recorded, so the next run takes them at once instead of waiting for their leases.
+            self._release_held()
+            raise
         return JobSummary(tuple(outcomes))
 
     def _claimed_groups(
@@ -243,8 +252,10 @@ class Job:
                     candidate = queue.popleft()
                     tried.add(candidate.pair)
                     token = uuid.uuid4().hex
+                    self._held[token] = candidate.pair
                     claim = self.repository.claim(candidate.pair, self.worker.owner, token, self.settings.lease_seconds)
                     if claim is None:
+                        del self._held[token]
                         shown = f"{quoted(candidate.name)} on {quoted(candidate.dataset, 60)}"
                         log.debug("%s claimed by another worker", shown)
                         continue
@@ -255,11 +266,10 @@ class Job:
     def _evaluate_and_record(self, claims: Sequence[ClaimedCheckpoint]) -> list[Outcome]:
         for claim in claims:
             log.info("evaluating %s (arch %s, attempt %d)", claim.label, quoted(claim.arch, 60), claim.attempt)
-        unfinished = {claim.lease_token: claim for claim in claims}
         outcomes: list[Outcome] = []
         versions: dict[str, str] = {}
-        heartbeat_repo = self.heartbeat_repository()
         lease, interval = self.settings.lease_seconds, self.settings.heartbeat_seconds
+        heartbeat_repo = self.heartbeat_repository()
         try:
             with Heartbeat(heartbeat_repo, claims, lease, interval) as beat:
                 batches = evaluate_group(claims, self.settings, self.worker, beat.is_lost, self.parser, self.read_table)
@@ -267,17 +277,11 @@ class Job:
                     for claim, _ in batch:
                         beat.finished(claim)
                     for (claim, record), outcome in zip(batch, self._record(batch), strict=True):
-                        del unfinished[claim.lease_token]
+                        self._held.pop(claim.lease_token, None)
                         if record is not None and record.dataset_sha256 is not None and outcome.status != "lost":
                             versions[claim.dataset] = record.dataset_sha256
                         outcomes.append(outcome)
                         self.on_outcome(outcome)
-        except BaseException:
-            # Interrupted (or a database failure): hand the pairs not yet recorded back, so the next
-            # run takes them at once instead of waiting for their leases to expire.
-            for claim in unfinished.values():
-                self._release_quietly(claim)
-            raise
         finally:
             heartbeat_repo.close()
         for dataset, fingerprint in versions.items():
@@ -350,8 +354,25 @@ class Job:
             0.0,
         )
 
-    def _release_quietly(self, claim: ClaimedCheckpoint) -> None:
-        try:
-            self.repository.release(claim)
-        except Exception:  # the lease expires on its own; never mask the interrupt
-            log.debug("could not release %s", claim.label, exc_info=True)
+    def _release_held(self) -> None:
+        """Hand back every held pair; never masks what is being raised (an unreleased lease expires on its own).
+
+        The release is fenced by the lease token, so a pair whose result was written meanwhile, or
+        whose claim never committed, is left as it is. The interrupt may have cut the job's
+        connection in the middle of a statement: what fails there is tried once more on a new one.
+        """
+        held, self._held = self._held, {}
+        for opener in (lambda: self.repository, self.heartbeat_repository):
+            if not held:
+                return
+            repository = None
+            try:
+                repository = opener()
+                for token, pair in list(held.items()):
+                    repository.release(pair, token)
+                    del held[token]
+            except Exception:
+                log.debug("could not hand back %d pair(s)", len(held), exc_info=True)
+            finally:
+                if repository is not None and repository is not self.repository:
+                    repository.close()

@@ -162,7 +162,12 @@ def test_without_heartbeats_the_lease_expires_and_is_taken_over(repositories) ->
 def test_release_hands_the_checkpoint_back(repositories, deployment: Deployment) -> None:
     first, second = repositories
     claim = first.claim(GOOD_PAIR, "w1", "token-1", 60)
-    first.release(claim)
+    assert claim is not None
+    second.release(GOOD_PAIR, "token-other")  # not its lease: nothing happens
+    assert deployment.rows("SELECT status FROM ckpt_eval.evaluations WHERE checkpoint_name = 'digits-mlp-good'") == [
+        ["running"]
+    ]
+    first.release(GOOD_PAIR, claim.lease_token)
     assert deployment.rows("SELECT status FROM ckpt_eval.evaluations WHERE checkpoint_name = 'digits-mlp-good'") == [
         ["pending"]
     ]

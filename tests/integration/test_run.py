@@ -263,9 +263,9 @@ def test_checkpoints_evaluated_together_record_what_each_records_alone(deploymen
 
     def results() -> dict[str, list[list[str]]]:
         rows = deployment.rows(
-            "SELECT l.checkpoint_name, m.metric, m.class_label, m.value::text, l.confusion_matrix "
+            "SELECT l.checkpoint_name, m.metric, m.class_label, m.value::text, r.confusion_matrix "
             "FROM ckpt_eval.latest_evaluations l JOIN ckpt_eval.evaluation_metrics m USING (run_id) "
-            "WHERE l.dataset = 'fashion_mnist' ORDER BY 1, 2, 3"
+            "JOIN ckpt_eval.evaluation_runs r USING (run_id) WHERE l.dataset = 'fashion_mnist' ORDER BY 1, 2, 3"
         )
         by_name: dict[str, list[list[str]]] = {}
         for name, *rest in rows:

@@ -38,6 +38,7 @@ class FakeRepository:
     clock: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=UTC))
     steal_on_finish: bool = False  # another worker takes every lease just before the finish
     closed: int = 0
+    released: list[tuple[tuple[str, str], str]] = field(default_factory=list)
 
     # -- set-up helpers of the tests ---------------------------------------------------------------
     def add_checkpoint(self, name: str, path: str, arch: str, sha256: str, datasets: Sequence[str]) -> int:
@@ -159,9 +160,10 @@ class FakeRepository:
         self.runs.append((claim, record))
         return len(self.runs)
 
-    def release(self, claim: ClaimedCheckpoint) -> None:
-        state = self.pairs[(claim.name, claim.dataset)]
-        if state.lease_token == claim.lease_token:
+    def release(self, pair: tuple[str, str], token: str) -> None:
+        self.released.append((pair, token))
+        state = self.pairs[pair]
+        if state.lease_token == token and state.status == "running":
             state.status, state.lease_token, state.lease_owner, state.lease_expires_at = "pending", None, None, None
 
 

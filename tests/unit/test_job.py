@@ -122,3 +122,100 @@ def test_a_lease_lost_before_the_finish_writes_nothing(repository: FakeRepositor
     assert [o.status for o in summary.outcomes] == ["lost"]
     assert repository.runs == []
     assert summary.all_passed, "a lost pair is another worker's to record"
+
+
+def _statuses(repository: FakeRepository) -> dict[str, tuple[str, str | None]]:
+    return {f"{name}/{dataset}": (p.status, p.lease_token) for (name, dataset), p in repository.pairs.items()}
+
+
+def test_an_interrupt_while_a_claim_commits_still_hands_it_back(
+    repository: FakeRepository, parser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository.add_checkpoint("good", GOOD, "digits_mlp", sha256_file(CHECKPOINTS / GOOD), ["digits"])
+    claim = repository.claim
+
+    def committed_then_interrupted(*args, **kwargs):
+        claim(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(repository, "claim", committed_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(repository, parser)
+    assert _statuses(repository) == {"good/digits": ("pending", None)}
+    assert repository.runs == []
+
+
+def test_an_interrupt_while_the_heartbeat_connects_hands_the_group_back(repository: FakeRepository, parser) -> None:
+    for name in ("a", "b"):
+        repository.add_checkpoint(name, GOOD, "digits_mlp", sha256_file(CHECKPOINTS / GOOD), ["digits"])
+
+    def connecting() -> FakeRepository:
+        raise KeyboardInterrupt
+
+    job = Job(
+        Settings(checkpoint_root=CHECKPOINTS, data_dir=None),
+        repository,  # type: ignore[arg-type]
+        connecting,  # type: ignore[arg-type]
+        parser,
+        worker=Worker("test", 1, "x"),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        job.run(Selection())
+    assert _statuses(repository) == {"a/digits": ("pending", None), "b/digits": ("pending", None)}
+
+
+def test_an_interrupt_after_the_results_are_written_keeps_them(repository: FakeRepository, parser) -> None:
+    repository.add_checkpoint("first", GOOD, "digits_mlp", sha256_file(CHECKPOINTS / GOOD), ["digits"])
+    repository.add_checkpoint("second", GOOD, "digits_mlp", sha256_file(CHECKPOINTS / GOOD), ["digits"])
+
+    def interrupt_at_the_first_outcome(outcome) -> None:
+        raise KeyboardInterrupt
+
+    job = Job(
+        Settings(checkpoint_root=CHECKPOINTS, data_dir=None),
+        repository,  # type: ignore[arg-type]
+        lambda: repository,  # type: ignore[arg-type]
+        parser,
+        worker=Worker("test", 1, "x"),
+        on_outcome=interrupt_at_the_first_outcome,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        job.run(Selection())
+    # Both results were written in one transaction before the interrupt: handing back the second
+    # one's lease is fenced by its token, which the finish cleared, so nothing is undone.
+    assert _statuses(repository) == {"first/digits": ("done", None), "second/digits": ("done", None)}
+    assert [claim.name for claim, _ in repository.runs] == ["first", "second"]
+    assert [pair for pair, _ in repository.released] == [("second", "digits")]
+
+
+def test_a_connection_cut_by_the_interrupt_hands_back_on_a_new_one(
+    repository: FakeRepository, parser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository.add_checkpoint("good", GOOD, "digits_mlp", sha256_file(CHECKPOINTS / GOOD), ["digits"])
+    fresh = FakeRepository(pairs=repository.pairs, checkpoints=repository.checkpoints)
+    opened: list[FakeRepository] = []
+
+    def cut(*args: object) -> None:
+        raise OSError("connection cut mid-statement")
+
+    def interrupted(*args: object, **kwargs: object):
+        raise KeyboardInterrupt
+
+    def heartbeat_connection() -> FakeRepository:
+        opened.append(fresh)
+        return fresh
+
+    monkeypatch.setattr(repository, "release", cut)
+    monkeypatch.setattr(repository, "finish_many", interrupted)
+    job = Job(
+        Settings(checkpoint_root=CHECKPOINTS, data_dir=None),
+        repository,  # type: ignore[arg-type]
+        heartbeat_connection,  # type: ignore[arg-type]
+        parser,
+        worker=Worker("test", 1, "x"),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        job.run(Selection())
+    assert _statuses(repository) == {"good/digits": ("pending", None)}
+    assert [pair for pair, _ in fresh.released] == [("good", "digits")]
+    assert fresh.closed >= 2  # the heartbeat's connection and the one the pair was handed back on

@@ -65,7 +65,7 @@ def test_it_lists_what_the_readme_says_the_tests_need() -> None:
     listed = run("--list")
     assert listed.returncode == 0, listed.stderr
     packages = listed.stdout.split()
-    assert {"make", "python3-venv", "git", "postgresql", "nodejs", "npm"} <= set(packages)
+    assert {"make", "python3-venv", "git", "postgresql", "nodejs", "npm", "python3-psycopg2"} <= set(packages)
     readme = (REPO / "README.md").read_text()
     for package in ("git", "postgresql", "nodejs", "npm"):
         assert f"`{package}`" in readme

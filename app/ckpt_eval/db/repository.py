@@ -406,10 +406,13 @@ class Repository:
 
         return self._with_retry(write, "recording the result")
 
-    def release(self, claim: ClaimedCheckpoint) -> None:
+    def release(self, pair: tuple[str, str], token: str) -> None:
+        """Hand a claimed pair back (pending), if ``token`` still holds its lease; otherwise nothing."""
+        name, dataset = pair
+
         def update(conn: psycopg.Connection) -> None:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            conn.execute(sql.RELEASE_JOB, {**claim.key, "token": claim.lease_token, "now": now})
+            conn.execute(sql.RELEASE_JOB, {"name": name, "dataset": dataset, "token": token, "now": now})
 
         self._with_retry(update, "releasing a lease")
 
