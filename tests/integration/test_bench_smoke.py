@@ -67,6 +67,8 @@ def test_smoke_run_prints_the_table_and_writes_the_json(smoke_run) -> None:
         assert figures[key]["value"] > 0, key
     # A difference of two runs' wall times: at smoke sizes it is mostly noise, so only its presence counts.
     assert math.isfinite(figures["per_checkpoint_ms"]["value"])
+    assert math.isfinite(figures["per_checkpoint_besides_forward_ms"]["value"])
+    assert figures["tiny_forward_ms"]["value"] > 0
     ratios = {row["key"]: row for row in result["ratios"]}
     assert ratios["ckpt_eval_over_floor"]["value"] > 0
     assert ratios["ckpt_eval_over_floor"]["goal"] == "< 1.0"
