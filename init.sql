@@ -1,5 +1,5 @@
 -- ckpt-eval schema and registry of the shipped demo checkpoints.
--- ckpt-eval schema version: 3   (the deployment applies this file only when this number is newer
+-- ckpt-eval schema version: 4   (the deployment applies this file only when this number is newer
 --                                than the highest row of ckpt_eval.schema_version; keep both in step)
 --
 -- Apply as a superuser to the database ckpt_eval:
@@ -53,6 +53,7 @@ DECLARE
     distributed_by_run text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (run_id)' ELSE '' END;
     distributed_by_version text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (version)' ELSE '' END;
     distributed_by_pair text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (checkpoint_name, dataset)' ELSE '' END;
+    distributed_by_scoring_run text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (scoring_run_id)' ELSE '' END;
 BEGIN
     EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.schema_version (
         version     integer PRIMARY KEY,
@@ -154,6 +155,65 @@ BEGIN
         PRIMARY KEY (checkpoint_name, dataset)
     )' || distributed_by_pair;
 
+    -- Version 4: batch scoring. A scoring job names a checkpoint, an input (a registered dataset of
+    -- kind 'table': its source and feature columns), the input's integer row key and an output table
+    -- (made by ckpt_eval.create_scoring_job). active_run is the scoring run its workers share; it is
+    -- set and cleared by compare-and-set, so at most one run of a job is in progress.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.scoring_jobs (
+        name              text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 200),
+        checkpoint_name   text NOT NULL,
+        input_dataset     text NOT NULL,
+        key_column        text NOT NULL CHECK (length(key_column) BETWEEN 1 AND 63),
+        output_schema     text NOT NULL CHECK (length(output_schema) BETWEEN 1 AND 63),
+        output_table      text NOT NULL CHECK (length(output_table) BETWEEN 1 AND 56),
+        chunk_rows        integer NOT NULL DEFAULT 50000 CHECK (chunk_rows BETWEEN 1 AND 500000),
+        allow_ungated     boolean NOT NULL DEFAULT false,
+        active_run        bigint,
+        created_at        timestamptz NOT NULL DEFAULT now()
+    )' || distributed_by_name;
+
+    -- One row per scoring run: which checkpoint (and bytes) scored, how much, and how it ended.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.scoring_runs (
+        scoring_run_id     bigserial PRIMARY KEY,
+        job_name           text NOT NULL,
+        checkpoint_id      bigint NOT NULL,
+        checkpoint_name    text NOT NULL,
+        checkpoint_sha256  text NOT NULL,
+        rescore            boolean NOT NULL,
+        status             text NOT NULL CHECK (status IN (''running'', ''done'', ''failed'')),
+        planned_rows       bigint NOT NULL,
+        chunks             integer NOT NULL,
+        rows_scored        bigint,
+        rows_skipped       bigint,
+        failed_chunks      integer,
+        started_by         text NOT NULL,
+        app_version        text NOT NULL,
+        started_at         timestamptz NOT NULL,
+        finished_at        timestamptz
+    )' || distributed_by_scoring_run;
+
+    -- The work of a scoring run: key ranges of the input, each claimed, leased and fenced like an
+    -- evaluation pair. A finished chunk keeps the token that finished it (a finish whose commit
+    -- outcome was unknown is resolved by it); error says why a chunk failed or which rows it skipped.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.scoring_chunks (
+        scoring_run_id    bigint NOT NULL,
+        chunk_no          integer NOT NULL,
+        low_key           bigint NOT NULL,
+        high_key          bigint NOT NULL,
+        planned_rows      integer NOT NULL,
+        status            text NOT NULL DEFAULT ''pending''
+                          CHECK (status IN (''pending'', ''running'', ''done'', ''failed'')),
+        attempt           integer NOT NULL DEFAULT 0,
+        lease_owner       text,
+        lease_token       text,
+        lease_expires_at  timestamptz,
+        rows_scored       integer,
+        rows_skipped      integer,
+        error             text,
+        updated_at        timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (scoring_run_id, chunk_no)
+    )' || distributed_by_scoring_run;
+
     -- Plain (non-unique) indexes; CREATE INDEX IF NOT EXISTS does not exist on Greenplum 6.
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_indexes
                    WHERE schemaname = 'ckpt_eval' AND indexname = 'checkpoints_checkpoint_id_idx') THEN
@@ -190,7 +250,11 @@ CREATE OR REPLACE FUNCTION ckpt_eval.next_checkpoint_id() RETURNS bigint
 CREATE OR REPLACE FUNCTION ckpt_eval.next_run_id() RETURNS bigint
     LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
     AS $body$ SELECT nextval('ckpt_eval.evaluation_runs_run_id_seq'::regclass) $body$;
+CREATE OR REPLACE FUNCTION ckpt_eval.next_scoring_run_id() RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+    AS $body$ SELECT nextval('ckpt_eval.scoring_runs_scoring_run_id_seq'::regclass) $body$;
 ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN checkpoint_id SET DEFAULT ckpt_eval.next_checkpoint_id();
+ALTER TABLE ckpt_eval.scoring_runs ALTER COLUMN scoring_run_id SET DEFAULT ckpt_eval.next_scoring_run_id();
 ALTER TABLE ckpt_eval.evaluation_runs ALTER COLUMN run_id SET DEFAULT ckpt_eval.next_run_id();
 
 -- Migration to version 2: a checkpoint is only ever evaluated against a recorded sha256. Rows an older
@@ -285,6 +349,67 @@ LEFT JOIN (
     GROUP BY run_id
 ) m ON m.run_id = r.run_id;
 
+-- Version 4: a scoring job and its output table, made by the schema owner (the deployment calls this
+-- for each job of its configuration; an operator may call it with psql). Safe to call again: the
+-- table and view are made when missing, the job's definition is updated (never its active run).
+-- The output holds one row per (row key, scoring run): exactly-once is enforced by the chunk fence,
+-- and the primary key (which holds the distribution key, the row key, so the join back to the input
+-- is co-located on Greenplum) turns any defect into a failed chunk rather than a duplicate.
+CREATE OR REPLACE FUNCTION ckpt_eval.create_scoring_job(
+    job_name text, checkpoint text, input_dataset text, key_column text,
+    output_schema text, output_table text, chunk_rows integer DEFAULT 50000, allow_ungated boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog AS $body$
+DECLARE
+    is_greenplum boolean := EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'pg_catalog' AND c.relname = 'gp_segment_configuration');
+BEGIN
+    IF length(output_table) > 56 THEN
+        RAISE EXCEPTION 'output table name % is longer than 56 characters', output_table;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM ckpt_eval.datasets d WHERE d.name = input_dataset AND d.kind = 'table') THEN
+        RAISE EXCEPTION 'dataset % is not a registered dataset of kind table', input_dataset;
+    END IF;
+    EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (
+        row_key               bigint NOT NULL,
+        scoring_run_id        bigint NOT NULL,
+        checkpoint_id         bigint NOT NULL,
+        checkpoint_name       text NOT NULL,
+        predicted_index       integer NOT NULL,
+        predicted_class       text,
+        probabilities         double precision[] NOT NULL,
+        positive_probability  double precision,
+        scored_at             timestamptz NOT NULL,
+        PRIMARY KEY (row_key, scoring_run_id)
+    )', output_schema, output_table) || CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (row_key)' ELSE '' END;
+    -- The latest prediction of each (row, checkpoint): what analysts join to the input.
+    EXECUTE format('CREATE OR REPLACE VIEW %I.%I AS
+        SELECT row_key, checkpoint_id, checkpoint_name, scoring_run_id, predicted_index, predicted_class,
+               probabilities, positive_probability, scored_at
+        FROM (SELECT p.*, row_number() OVER (PARTITION BY p.row_key, p.checkpoint_id
+                                             ORDER BY p.scoring_run_id DESC) AS recency
+              FROM %I.%I p) ranked
+        WHERE recency = 1', output_schema, output_table || '_latest', output_schema, output_table);
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO ckpt_eval_app', output_schema);
+    EXECUTE format('GRANT SELECT, INSERT ON %I.%I TO ckpt_eval_app', output_schema, output_table);
+    EXECUTE format('GRANT SELECT ON %I.%I TO ckpt_eval_app', output_schema, output_table || '_latest');
+    UPDATE ckpt_eval.scoring_jobs j
+    SET checkpoint_name = checkpoint, input_dataset = create_scoring_job.input_dataset,
+        key_column = create_scoring_job.key_column, output_schema = create_scoring_job.output_schema,
+        output_table = create_scoring_job.output_table, chunk_rows = create_scoring_job.chunk_rows,
+        allow_ungated = create_scoring_job.allow_ungated
+    WHERE j.name = job_name;
+    IF NOT FOUND THEN
+        INSERT INTO ckpt_eval.scoring_jobs (name, checkpoint_name, input_dataset, key_column, output_schema,
+                                            output_table, chunk_rows, allow_ungated)
+        VALUES (job_name, checkpoint, input_dataset, key_column, output_schema, output_table, chunk_rows,
+                allow_ungated);
+    END IF;
+END
+$body$;
+REVOKE ALL ON FUNCTION ckpt_eval.create_scoring_job(text, text, text, text, text, text, integer, boolean) FROM PUBLIC;
+
 -- Privileges: read the registry, claim and finish jobs, append runs and metrics. Nothing else:
 -- no DDL, no DELETE, no UPDATE of results or of a checkpoint's path, hash or gate.
 GRANT USAGE ON SCHEMA ckpt_eval TO ckpt_eval_app;
@@ -311,11 +436,26 @@ GRANT INSERT (checkpoint_id, checkpoint_name, attempt, dataset, dataset_sha256, 
               app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version)
     ON ckpt_eval.evaluation_runs TO ckpt_eval_app;
 GRANT INSERT ON ckpt_eval.evaluation_metrics TO ckpt_eval_app;
+-- Version 4, scoring: read the jobs, share a job's run (compare-and-set of active_run), record runs
+-- (keys from the owner's function), claim, extend and finish chunks. Output tables are granted by
+-- ckpt_eval.create_scoring_job (SELECT and INSERT only), inputs by the dataset sources' grants.
+GRANT SELECT ON ckpt_eval.scoring_jobs, ckpt_eval.scoring_runs, ckpt_eval.scoring_chunks TO ckpt_eval_app;
+GRANT UPDATE (active_run) ON ckpt_eval.scoring_jobs TO ckpt_eval_app;
+GRANT INSERT (job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, rescore, status, planned_rows, chunks,
+              started_by, app_version, started_at)
+    ON ckpt_eval.scoring_runs TO ckpt_eval_app;
+GRANT UPDATE (status, rows_scored, rows_skipped, failed_chunks, finished_at) ON ckpt_eval.scoring_runs TO ckpt_eval_app;
+GRANT INSERT (scoring_run_id, chunk_no, low_key, high_key, planned_rows, updated_at)
+    ON ckpt_eval.scoring_chunks TO ckpt_eval_app;
+GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, rows_scored, rows_skipped, error, updated_at)
+    ON ckpt_eval.scoring_chunks TO ckpt_eval_app;
 -- Keys only through the owner's functions: no privilege on any sequence (version 1 granted USAGE).
-REVOKE ALL ON SEQUENCE ckpt_eval.checkpoints_checkpoint_id_seq, ckpt_eval.evaluation_runs_run_id_seq
-    FROM ckpt_eval_app, PUBLIC;
-REVOKE ALL ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id() TO ckpt_eval_app;
+REVOKE ALL ON SEQUENCE ckpt_eval.checkpoints_checkpoint_id_seq, ckpt_eval.evaluation_runs_run_id_seq,
+    ckpt_eval.scoring_runs_scoring_run_id_seq FROM ckpt_eval_app, PUBLIC;
+REVOKE ALL ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id(), ckpt_eval.next_scoring_run_id()
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id(), ckpt_eval.next_scoring_run_id()
+    TO ckpt_eval_app;
 
 -- Demo checkpoints shipped in checkpoints/ (trained by `ckpt-eval train` on digits, fixed seeds).
 INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256)
@@ -339,5 +479,7 @@ INSERT INTO ckpt_eval.schema_version (version)
 SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 2);
 INSERT INTO ckpt_eval.schema_version (version)
 SELECT 3 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 3);
+INSERT INTO ckpt_eval.schema_version (version)
+SELECT 4 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 4);
 
 RESET ROLE;

@@ -236,6 +236,40 @@ def _format_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _lease_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--lease-seconds",
+        type=Finite(2, 86400),
+        default=300.0,
+        show_default=True,
+        envvar="CKPT_EVAL_LEASE_SECONDS",
+        help=f"Lease on a claimed {what}, renewed every third of it [env CKPT_EVAL_LEASE_SECONDS].",
+    )
+
+
+def _torch_threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--torch-threads",
+        type=click.IntRange(0, 1024),
+        default=0,
+        show_default=True,
+        envvar="CKPT_EVAL_TORCH_THREADS",
+        help="CPU threads for inference; 0 keeps PyTorch's default (one per core). Several jobs on one host "
+        "run faster with cores/jobs each [env CKPT_EVAL_TORCH_THREADS].",
+    )(func)
+
+
+def _batch_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1, 65536),
+        default=512,
+        show_default=True,
+        envvar="CKPT_EVAL_BATCH_SIZE",
+        help="Inference batch size [env CKPT_EVAL_BATCH_SIZE].",
+    )(func)
+
+
 def _load_credentials(credentials: Path, vault_password_file: str | None) -> DbCredentials:
     password = resolve_vault_password(vault_password_file, _environment_password)
     try:
@@ -279,23 +313,8 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Queue already evaluated pairs again: a new run, history kept.")
 @click.option("--failed", is_flag=True, help="Queue pairs whose latest run failed again.")
 @click.option("--dry-run", is_flag=True, help="List what would be evaluated; change nothing.")
-@click.option(
-    "--lease-seconds",
-    type=Finite(2, 86400),
-    default=300.0,
-    show_default=True,
-    envvar="CKPT_EVAL_LEASE_SECONDS",
-    help="Lease on a claimed checkpoint, renewed every third of it [env CKPT_EVAL_LEASE_SECONDS].",
-)
-@click.option(
-    "--torch-threads",
-    type=click.IntRange(0, 1024),
-    default=0,
-    show_default=True,
-    envvar="CKPT_EVAL_TORCH_THREADS",
-    help="CPU threads for inference; 0 keeps PyTorch's default (one per core). Several jobs on one host "
-    "run faster with cores/jobs each [env CKPT_EVAL_TORCH_THREADS].",
-)
+@_lease_option("checkpoint")
+@_torch_threads_option
 @click.option(
     "--dataset-read-timeout",
     type=click.IntRange(1, MAX_STATEMENT_TIMEOUT_SECONDS),
@@ -305,14 +324,7 @@ def cli() -> None:
     help="Seconds one read of a table dataset (streamed while it is evaluated) may take "
     "[env CKPT_EVAL_DATASET_READ_TIMEOUT].",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 65536),
-    default=512,
-    show_default=True,
-    envvar="CKPT_EVAL_BATCH_SIZE",
-    help="Evaluation batch size [env CKPT_EVAL_BATCH_SIZE].",
-)
+@_batch_size_option
 @click.option(
     "--group-size",
     type=click.IntRange(1, 1024),
@@ -453,6 +465,105 @@ def status(**options: Any) -> None:
         click.echo(to_json({"checkpoints": rows}))
     else:
         click.echo(table(rows, STATUS_COLUMNS) if rows else "no checkpoints registered")
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("job_name", metavar="JOB")
+@click.option("--dry-run", is_flag=True, help="Say how many rows would be scored; change nothing.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_BIGINT),
+    metavar="N",
+    help="Score at most N rows in this run (the ones with the lowest keys); the next run takes the rest.",
+)
+@click.option("--rescore", is_flag=True, help="Score every row again as a new scoring run (history kept).")
+@click.option("--force", is_flag=True, help="Score with the checkpoint even if it has not passed its gate.")
+@click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    help="Leave rows with NULL or non-numeric features without a prediction (counted, keys recorded) "
+    "instead of failing their chunk.",
+)
+@_lease_option("chunk")
+@_torch_threads_option
+@_batch_size_option
+@_format_option
+@_checkpoint_root_option
+@_parse_limit_options
+@_database_options
+@_logging_options
+def score(job_name: str, **options: Any) -> None:
+    """Score the rows of scoring job JOB's input that have no prediction from its checkpoint yet.
+
+    Starts a scoring run, or joins the one in progress: any number of workers on any hosts share it,
+    chunk by chunk, each chunk's predictions written exactly once.
+    """
+    _start_logging(options)
+    creds = _load_credentials(options["credentials"], options["vault_password_file"])
+    from .config import Settings
+    from .db.scoring import ScoringRepository
+    from .isolation import CheckpointParser
+    from .report import scoring_summary_json, scoring_summary_text
+    from .scoring import Scorer, ScoringOptions
+
+    settings = Settings(
+        parse_limits=_parse_limits(options),
+        credentials_path=options["credentials"],
+        vault_password_file=options["vault_password_file"],
+        checkpoint_root=options["checkpoint_root"],
+        data_dir=None,
+        lease_seconds=options["lease_seconds"],
+        batch_size=options["batch_size"],
+        torch_threads=options["torch_threads"],
+        statement_timeout_ms=options["statement_timeout"] * 1000,
+        retry=_retry_policy(options["db_retries"], options["db_retry_seconds"]),
+    )
+    scoring = ScoringOptions(
+        rescore=options["rescore"],
+        limit=options["limit"],
+        force=options["force"],
+        skip_bad_rows=options["skip_bad_rows"],
+        dry_run=options["dry_run"],
+    )
+
+    def new_repository() -> ScoringRepository:
+        return ScoringRepository(creds, settings.retry, **settings.connect_options())
+
+    with new_repository() as repository:
+        repository.check_schema()
+        if scoring.dry_run:
+            summary = Scorer(settings, repository, new_repository, None).run(job_name, scoring)
+        else:
+            with CheckpointParser(settings.parse_limits) as parser:
+                summary = Scorer(settings, repository, new_repository, parser).run(job_name, scoring)
+    text = scoring_summary_json(summary) if options["output_format"] == "json" else scoring_summary_text(summary)
+    click.echo(text)
+    if not summary.ok:
+        raise click.exceptions.Exit(EXIT_SOME_FAILED)
+
+
+@cli.command("score-runs", epilog=EPILOG)
+@click.argument("job_name", metavar="JOB")
+@_format_option
+@_database_options
+@_logging_options
+def score_runs(job_name: str, **options: Any) -> None:
+    """Show the scoring runs of scoring job JOB, oldest first."""
+    from .db.scoring import ScoringRepository
+    from .report import SCORING_RUN_COLUMNS, table, to_json
+
+    _start_logging(options)
+    creds = _load_credentials(options["credentials"], options["vault_password_file"])
+    policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
+    with ScoringRepository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000) as repository:
+        repository.check_schema()
+        if repository.scoring_job(job_name) is None:
+            raise UsageError(f"no scoring job {quoted(job_name, 60)}")
+        rows = repository.scoring_runs(job_name)
+    if options["output_format"] == "json":
+        click.echo(to_json({"job": job_name, "scoring_runs": rows}))
+    else:
+        click.echo(table(rows, SCORING_RUN_COLUMNS) if rows else f"scoring job {quoted(job_name, 60)}: no runs yet")
 
 
 @cli.command(epilog=EPILOG)

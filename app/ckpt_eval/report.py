@@ -9,10 +9,11 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .text import printable
+from .text import printable, quoted
 
 if TYPE_CHECKING:
     from .job import JobSummary
+    from .scoring import ScoringSummary
 
 
 def _cell(value: Any) -> str:
@@ -144,3 +145,44 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+SCORING_RUN_COLUMNS = (
+    ("scoring_run_id", "run"),
+    ("checkpoint_name", "checkpoint"),
+    ("rescore", "rescore"),
+    ("status", "status"),
+    ("planned_rows", "planned"),
+    ("rows_scored", "scored"),
+    ("rows_skipped", "skipped"),
+    ("failed_chunks", "failed chunks"),
+    ("started_at", "started"),
+    ("finished_at", "finished"),
+)
+
+
+def scoring_summary_text(summary: ScoringSummary) -> str:
+    """What one ``ckpt-eval score`` did, for people (names escaped)."""
+    job = quoted(summary.job, 60)
+    if summary.dry_run:
+        where = f" (left in scoring run {summary.scoring_run_id})" if summary.scoring_run_id else ""
+        return f"scoring job {job}: {summary.planned_rows} row(s) would be scored{where}"
+    if summary.scoring_run_id is None:
+        return f"scoring job {job}: nothing to score"
+    how = "started" if summary.started else "joined"
+    done = [c for c in summary.chunks if c.status == "done"]
+    failed = [c for c in summary.chunks if c.status == "failed"]
+    lost = [c for c in summary.chunks if c.status == "lost"]
+    lines = [
+        f"scoring job {job}: {how} scoring run {summary.scoring_run_id} ({summary.planned_rows} row(s) planned); "
+        f"this worker: {len(done)} chunk(s), {summary.rows_scored} row(s) scored, {summary.rows_skipped} skipped, "
+        f"{len(failed)} chunk(s) failed, {len(lost)} lost; run {summary.run_status}"
+    ]
+    lines += [f"  chunk {c.chunk_no} failed: {printable(c.error or '', 300)}" for c in failed]
+    return "\n".join(lines)
+
+
+def scoring_summary_json(summary: ScoringSummary) -> str:
+    data = asdict(summary)
+    data.update(rows_scored=summary.rows_scored, rows_skipped=summary.rows_skipped, ok=summary.ok)
+    return to_json(data)

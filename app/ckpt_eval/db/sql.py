@@ -8,7 +8,7 @@ per step), no upserts. See docs: greenplum-dialect.md section 3.
 SERVER_NOW = "SELECT now()"
 
 # The schema version this release needs (init.sql's header and its schema_version rows).
-REQUIRED_SCHEMA_VERSION = 3
+REQUIRED_SCHEMA_VERSION = 4
 SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM ckpt_eval.schema_version"
 
 IS_GREENPLUM = """
@@ -250,3 +250,167 @@ TABLE_READ_TIMEOUT = "SELECT set_config('statement_timeout', %(timeout)s, true)"
 # %(columns)s and %(table)s are IDENTIFIER slots, never bind parameters: table_reader.copy_statement()
 # fills them with psycopg.sql.Identifier (the table's schema and name, each column, each quoted).
 COPY_TABLE_CSV = "COPY (SELECT %(columns)s FROM %(table)s) TO STDOUT WITH (FORMAT csv)"
+
+# -- Batch scoring (schema version 4) -------------------------------------------------------------
+# Statements with {input}, {output}, {key}, {features} hold IDENTIFIER slots, never bind parameters:
+# db/scoring.py fills them with psycopg.sql.Identifier (names from the registry, each quoted).
+
+SCORING_JOB = """
+SELECT j.name, j.checkpoint_name, j.input_dataset, j.key_column, j.output_schema, j.output_table, j.chunk_rows,
+       j.allow_ungated, j.active_run, c.checkpoint_id, c.path, c.arch, c.sha256,
+       d.kind AS dataset_kind, d.source AS dataset_source, d.feature_columns, d.class_names
+FROM ckpt_eval.scoring_jobs j
+LEFT JOIN ckpt_eval.checkpoints c ON c.name = j.checkpoint_name
+LEFT JOIN ckpt_eval.datasets d ON d.name = j.input_dataset
+WHERE j.name = %(job)s
+"""
+
+SCORING_JOBS = "SELECT name FROM ckpt_eval.scoring_jobs ORDER BY name"
+
+# A checkpoint may score when its latest run on every dataset it was evaluated on passed its gate.
+CHECKPOINT_VERDICTS = """
+SELECT dataset, status, verdict FROM ckpt_eval.latest_evaluations WHERE checkpoint_id = %(checkpoint_id)s
+ORDER BY dataset
+"""
+
+SCORING_RUN = """
+SELECT scoring_run_id, job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, rescore, status, planned_rows,
+       chunks, rows_scored, rows_skipped, failed_chunks, started_at, finished_at
+FROM ckpt_eval.scoring_runs WHERE scoring_run_id = %(run)s
+"""
+
+SCORING_RUNS_OF_JOB = """
+SELECT scoring_run_id, checkpoint_name, rescore, status, planned_rows, chunks, rows_scored, rows_skipped,
+       failed_chunks, started_at, finished_at
+FROM ckpt_eval.scoring_runs WHERE job_name = %(job)s ORDER BY scoring_run_id
+"""
+
+# The input's column types (no rows read): the key must be an integer, the features must exist.
+SCORING_INPUT_COLUMNS = "SELECT i.{key}, {features} FROM {input} i LIMIT 0"
+SCORING_NULL_KEYS = "SELECT count(*) FROM {input} i WHERE i.{key} IS NULL"
+SCORING_DUPLICATE_KEY = "SELECT i.{key} FROM {input} i GROUP BY i.{key} HAVING count(*) > 1 LIMIT 1"
+OUTPUT_PRIVILEGES = """
+SELECT to_regclass(%(output)s) IS NOT NULL AS present,
+       CASE WHEN to_regclass(%(output)s) IS NULL THEN false
+            ELSE has_table_privilege(to_regclass(%(output)s), 'INSERT') AND
+                 has_table_privilege(to_regclass(%(output)s), 'SELECT') END AS writable
+"""
+
+# The rows a run scores (those without a prediction from the checkpoint yet; every row when
+# rescoring), at most %(limit)s of them (NULL: all), planned as chunks of consecutive keys.
+_NOT_YET_SCORED = (
+    "(%(rescore)s OR NOT EXISTS (SELECT 1 FROM {output} o"
+    " WHERE o.row_key = i.{key} AND o.checkpoint_id = %(checkpoint_id)s))"
+)
+SCORING_PLAN = f"""
+SELECT chunk_no, min(k) AS low_key, max(k) AS high_key, count(*) AS planned_rows
+FROM (
+    SELECT k, (row_number() OVER (ORDER BY k) - 1) / %(chunk_rows)s AS chunk_no
+    FROM (SELECT i.{{key}} AS k FROM {{input}} i
+          WHERE i.{{key}} IS NOT NULL AND {_NOT_YET_SCORED}
+          ORDER BY i.{{key}} LIMIT %(limit)s) picked
+) numbered
+GROUP BY chunk_no
+ORDER BY chunk_no
+"""
+
+INSERT_SCORING_RUN = """
+INSERT INTO ckpt_eval.scoring_runs (job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, rescore, status,
+                                    planned_rows, chunks, started_by, app_version, started_at)
+VALUES (%(job)s, %(checkpoint_id)s, %(checkpoint_name)s, %(checkpoint_sha256)s, %(rescore)s, 'running',
+        %(planned_rows)s, %(chunks)s, %(started_by)s, %(app_version)s, %(now)s)
+RETURNING scoring_run_id
+"""
+
+INSERT_SCORING_CHUNKS = """
+INSERT INTO ckpt_eval.scoring_chunks (scoring_run_id, chunk_no, low_key, high_key, planned_rows, updated_at)
+SELECT %(run)s, c.chunk_no, c.low_key, c.high_key, c.planned_rows, %(now)s
+FROM unnest(%(numbers)s::integer[], %(lows)s::bigint[], %(highs)s::bigint[], %(rows)s::integer[])
+     AS c(chunk_no, low_key, high_key, planned_rows)
+"""
+
+# Compare-and-set: a new run becomes the job's run only if none is in progress (rowcount 0: another
+# worker's run won; this one is rolled back and the worker joins that one).
+ACTIVATE_SCORING_RUN = """
+UPDATE ckpt_eval.scoring_jobs SET active_run = %(run)s WHERE name = %(job)s AND active_run IS NULL
+"""
+DEACTIVATE_SCORING_RUN = """
+UPDATE ckpt_eval.scoring_jobs SET active_run = NULL WHERE name = %(job)s AND active_run = %(run)s
+"""
+
+_CHUNK = "scoring_run_id = %(run)s AND chunk_no = %(chunk)s"
+
+CLAIMABLE_CHUNKS = f"""
+SELECT chunk_no FROM ckpt_eval.scoring_chunks
+WHERE scoring_run_id = %(run)s AND {_CLAIMABLE}
+ORDER BY chunk_no
+LIMIT %(limit)s
+"""
+
+CLAIM_CHUNK = f"""
+UPDATE ckpt_eval.scoring_chunks
+SET status = 'running', attempt = attempt + 1, lease_owner = %(owner)s, lease_token = %(token)s,
+    lease_expires_at = %(expires)s, updated_at = %(now)s
+WHERE {_CHUNK} AND {_CLAIMABLE}
+"""
+
+CLAIMED_CHUNK = f"""
+SELECT chunk_no, low_key, high_key, planned_rows, attempt FROM ckpt_eval.scoring_chunks
+WHERE {_CHUNK} AND lease_token = %(token)s AND status = 'running'
+"""
+
+HEARTBEAT_CHUNK = f"""
+UPDATE ckpt_eval.scoring_chunks SET lease_expires_at = %(expires)s, updated_at = %(now)s
+WHERE {_CHUNK} AND lease_token = %(token)s AND status = 'running'
+"""
+
+# The fence of a chunk's finish: in the transaction that writes its predictions, first.
+FINISH_CHUNK = f"""
+UPDATE ckpt_eval.scoring_chunks
+SET status = %(status)s, lease_expires_at = NULL, rows_scored = %(rows_scored)s, rows_skipped = %(rows_skipped)s,
+    error = %(error)s, updated_at = %(now)s
+WHERE {_CHUNK} AND lease_token = %(token)s AND status = 'running'
+"""
+
+CHUNK_FINISHED_BY = f"SELECT status FROM ckpt_eval.scoring_chunks WHERE {_CHUNK} AND lease_token = %(token)s"
+
+RELEASE_CHUNK = f"""
+UPDATE ckpt_eval.scoring_chunks
+SET status = 'pending', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = %(now)s
+WHERE {_CHUNK} AND lease_token = %(token)s AND status = 'running'
+"""
+
+SCORING_RUN_PROGRESS = """
+SELECT count(*) AS chunks,
+       coalesce(sum(CASE WHEN status IN ('pending', 'running') THEN 1 ELSE 0 END), 0) AS open_chunks,
+       coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed_chunks,
+       coalesce(sum(rows_scored), 0) AS rows_scored,
+       coalesce(sum(rows_skipped), 0) AS rows_skipped,
+       coalesce(sum(CASE WHEN status IN ('pending', 'running') THEN planned_rows ELSE 0 END), 0) AS open_rows
+FROM ckpt_eval.scoring_chunks WHERE scoring_run_id = %(run)s
+"""
+
+FAILED_CHUNKS = """
+SELECT chunk_no, low_key, high_key, error FROM ckpt_eval.scoring_chunks
+WHERE scoring_run_id = %(run)s AND status = 'failed' ORDER BY chunk_no LIMIT %(limit)s
+"""
+
+COMPLETE_SCORING_RUN = """
+UPDATE ckpt_eval.scoring_runs
+SET status = %(status)s, rows_scored = %(rows_scored)s, rows_skipped = %(rows_skipped)s,
+    failed_chunks = %(failed_chunks)s, finished_at = %(now)s
+WHERE scoring_run_id = %(run)s AND status = 'running'
+"""
+
+# A chunk's input rows, in key order; the rows already scored by the checkpoint are left out (unless
+# rescoring), so a chunk planned before some of its rows were scored elsewhere scores only the rest.
+SCORING_READ_CHUNK = f"""
+COPY (SELECT i.{{key}}, {{features}} FROM {{input}} i
+      WHERE i.{{key}} BETWEEN %(low)s AND %(high)s AND {_NOT_YET_SCORED}
+      ORDER BY i.{{key}}) TO STDOUT WITH (FORMAT csv)
+"""
+
+SCORING_WRITE = """
+COPY {output} (row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class,
+               probabilities, positive_probability, scored_at) FROM STDIN
+"""
