@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -25,10 +26,16 @@ CHUNK_ROWS = 200
 JOB = "patients"
 
 
-def create_input(deployment: Deployment, table: str = "lab.patients", *, feature_type: str = "double precision",
-                 key_type: str = "bigint", rows: np.ndarray | None = None, first_key: int = 0) -> np.ndarray:  # fmt: skip
+def create_input(
+    deployment: Deployment,
+    table: str = "lab.patients",
+    *,
+    key_type: str = "bigint",
+    rows: np.ndarray | None = None,
+    first_key: int = 0,
+) -> np.ndarray:
     features = load_breast_cancer().data if rows is None else rows
-    columns = ", ".join(f"{c} {feature_type}" for c in FEATURES)
+    columns = ", ".join(f"{c} double precision" for c in FEATURES)
     with deployment.superuser() as conn:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (sample_id {key_type}, {columns})")
         with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
@@ -188,9 +195,7 @@ def test_bad_rows_fail_their_chunk_or_are_skipped_and_counted(db: Deployment) ->
     assert summary["rows_scored"] == 569 - CHUNK_ROWS  # the other chunks went on
     assert summary["run_status"] == "failed"
     with db.superuser() as conn:
-        (error,) = conn.execute(
-            "SELECT error FROM ckpt_eval.scoring_chunks WHERE status = 'failed'"
-        ).fetchone()  # type: ignore[misc]
+        (error,) = conn.execute("SELECT error FROM ckpt_eval.scoring_chunks WHERE status = 'failed'").fetchone()  # type: ignore[misc]
     assert "key 5" in error
     assert "NULL feature in column 'f03'" in error
     skipping = score(db, "--force", "--skip-bad-rows", job="raw")
@@ -200,9 +205,7 @@ def test_bad_rows_fail_their_chunk_or_are_skipped_and_counted(db: Deployment) ->
     keys = {row[0] for row in predictions(db, "lab.raw_predictions")}
     assert keys == set(range(569)) - {5, 7}
     with db.superuser() as conn:
-        (skipped,) = conn.execute(
-            "SELECT error FROM ckpt_eval.scoring_chunks WHERE rows_skipped = 2"
-        ).fetchone()  # type: ignore[misc]
+        (skipped,) = conn.execute("SELECT error FROM ckpt_eval.scoring_chunks WHERE rows_skipped = 2").fetchone()  # type: ignore[misc]
     assert "key 7: value 'n/a' is not a finite number in column 'f07'" in skipped
 
 
@@ -267,7 +270,8 @@ def test_a_chunk_whose_lease_was_taken_over_writes_nothing(db: Deployment) -> No
         run_id = first.start_run(job, plan, checkpoint_sha256="0" * 64, rescore=False, owner="w1", app_version="t")
         assert run_id is not None
         # A second run cannot start while this one is active: compare-and-set on the job.
-        assert second.start_run(job, plan, checkpoint_sha256="0" * 64, rescore=False, owner="w2", app_version="t") is None
+        other = second.start_run(job, plan, checkpoint_sha256="0" * 64, rescore=False, owner="w2", app_version="t")
+        assert other is None
         chunk = first.claim_chunk(run_id, 0, "w1", "token-1", lease_seconds=1)
         assert chunk is not None
         db.sql("UPDATE ckpt_eval.scoring_chunks SET lease_expires_at = now() - interval '1 second'")
