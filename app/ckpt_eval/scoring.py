@@ -427,6 +427,7 @@ class Scorer:
                 )
                 if chunk is None:
                     continue
+                log.info("scoring %s, %d row(s) planned (attempt %d)", chunk.label, chunk.planned_rows, chunk.attempt)
                 result = self._score_chunk(job, chunk, rescore, predictor, options)
                 results.append(result)
                 self.on_chunk(result)
