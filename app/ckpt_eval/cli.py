@@ -29,7 +29,9 @@ from .errors import (
 from .text import printable, quoted
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .db.connection import RetryPolicy
+    from .db.scoring import ScoringRepository
     from .isolation import ParseLimits
 
 log = logging.getLogger("ckpt_eval")
@@ -499,9 +501,7 @@ def score(job_name: str, **options: Any) -> None:
     chunk by chunk, each chunk's predictions written exactly once.
     """
     _start_logging(options)
-    creds = _load_credentials(options["credentials"], options["vault_password_file"])
     from .config import Settings
-    from .db.scoring import ScoringRepository
     from .isolation import CheckpointParser
     from .report import scoring_summary_json, scoring_summary_text
     from .scoring import Scorer, ScoringOptions
@@ -526,9 +526,7 @@ def score(job_name: str, **options: Any) -> None:
         dry_run=options["dry_run"],
     )
 
-    def new_repository() -> ScoringRepository:
-        return ScoringRepository(creds, settings.retry, **settings.connect_options())
-
+    new_repository = _scoring_repositories(options, settings)
     with new_repository() as repository:
         repository.check_schema()
         if scoring.dry_run:
@@ -540,6 +538,14 @@ def score(job_name: str, **options: Any) -> None:
     click.echo(text)
     if not summary.ok:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
+
+
+def _scoring_repositories(options: dict[str, Any], settings: Settings) -> Callable[[], ScoringRepository]:
+    """New scoring repositories on the job's credentials (read once, here: the secret first)."""
+    from .db.scoring import ScoringRepository
+
+    creds = _load_credentials(options["credentials"], options["vault_password_file"])
+    return lambda: ScoringRepository(creds, settings.retry, **settings.connect_options())
 
 
 @cli.command("score-runs", epilog=EPILOG)

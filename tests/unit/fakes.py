@@ -210,3 +210,164 @@ class FakeRegistry(FakeRepository):
             raise UsageError("already attached")
         self.pairs[(row["name"], dataset)] = Pair(row["name"], dataset, row["checkpoint_id"])
         return row["checkpoint_id"], row["name"]
+
+
+@dataclass
+class FakeChunk:
+    low_key: int
+    high_key: int
+    planned_rows: int
+    status: str = "pending"
+    attempt: int = 0
+    lease_token: str | None = None
+    rows_scored: int | None = None
+    rows_skipped: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class FakeScoringRepository:
+    """An in-memory stand-in for db.scoring.ScoringRepository: one job, its input rows, runs, chunks, output.
+
+    The contract of the SQL: a run starts only when none is active (compare-and-set), chunks are claimed
+    when pending, finished only by the token that holds them, and a chunk reads the rows of its key range
+    that have no prediction from the checkpoint (every row when rescoring).
+    """
+
+    job: Any  # ScoringJob
+    rows: dict[int, list[object]]  # key -> feature values (None: NULL, str: text)
+    verdicts: list[tuple[str, str, str]] = field(default_factory=lambda: [("breast_cancer", "succeeded", "pass")])
+    runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    chunks: dict[tuple[int, int], FakeChunk] = field(default_factory=dict)
+    output: list[tuple[object, ...]] = field(default_factory=list)
+    steal_before_finish: bool = False
+    closed: int = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def __enter__(self) -> FakeScoringRepository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_schema(self) -> int:
+        return 4
+
+    def scoring_job(self, name: str) -> Any:
+        return self.job if name == self.job.name else None
+
+    def scoring_job_names(self) -> list[str]:
+        return [self.job.name]
+
+    def checkpoint_verdicts(self, checkpoint_id: int) -> list[tuple[str, str, str]]:
+        return list(self.verdicts)
+
+    def check_output(self, job: Any) -> None:
+        pass
+
+    def check_input(self, job: Any) -> None:
+        pass
+
+    def _scored(self, key: int) -> bool:
+        return any(row[0] == key and row[2] == self.job.checkpoint_id for row in self.output)
+
+    def plan(self, job: Any, checkpoint_id: int, rescore: bool, limit: int | None) -> list[Any]:
+        from ckpt_eval.db.scoring import ChunkPlan
+
+        keys = sorted(k for k in self.rows if rescore or not self._scored(k))[:limit]
+        size = job.chunk_rows
+        return [
+            ChunkPlan(n, keys[start], keys[min(start + size, len(keys)) - 1], len(keys[start : start + size]))
+            for n, start in enumerate(range(0, len(keys), size))
+        ]
+
+    def start_run(self, job: Any, plan: Sequence[Any], **fields: Any) -> int | None:
+        if self.job.active_run is not None:
+            return None
+        run_id = len(self.runs) + 1
+        self.runs[run_id] = {
+            "scoring_run_id": run_id,
+            "status": "running",
+            "planned_rows": sum(c.planned_rows for c in plan),
+            **fields,
+        }
+        for chunk in plan:
+            self.chunks[(run_id, chunk.chunk_no)] = FakeChunk(chunk.low_key, chunk.high_key, chunk.planned_rows)
+        self._set_active(run_id)
+        return run_id
+
+    def _set_active(self, run_id: int | None) -> None:
+        from dataclasses import replace
+
+        self.job = replace(self.job, active_run=run_id)
+
+    def scoring_run(self, run_id: int) -> dict[str, Any] | None:
+        return self.runs.get(run_id)
+
+    def claimable_chunks(self, run_id: int, limit: int) -> list[int]:
+        return [n for (r, n), c in sorted(self.chunks.items()) if r == run_id and c.status == "pending"][:limit]
+
+    def claim_chunk(self, run_id: int, chunk_no: int, owner: str, token: str, lease_seconds: float) -> Any:
+        from ckpt_eval.db.scoring import ClaimedChunk
+
+        chunk = self.chunks[(run_id, chunk_no)]
+        if chunk.status != "pending":
+            return None
+        chunk.status, chunk.lease_token, chunk.attempt = "running", token, chunk.attempt + 1
+        return ClaimedChunk(run_id, chunk_no, chunk.low_key, chunk.high_key, chunk.planned_rows, chunk.attempt, token)
+
+    def heartbeat_chunk(self, claimed: Any, lease_seconds: float) -> bool:
+        return self.chunks[(claimed.scoring_run_id, claimed.chunk_no)].lease_token == claimed.lease_token
+
+    def release_chunk(self, claimed: Any) -> None:
+        chunk = self.chunks[(claimed.scoring_run_id, claimed.chunk_no)]
+        if chunk.lease_token == claimed.lease_token and chunk.status == "running":
+            chunk.status, chunk.lease_token = "pending", None
+
+    def read_chunk(self, job: Any, claimed: Any, rescore: bool, consume: Any) -> Any:
+        import csv
+        import io
+
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        for key in sorted(self.rows):
+            if claimed.low_key <= key <= claimed.high_key and (rescore or not self._scored(key)):
+                writer.writerow([key, *("" if v is None else v for v in self.rows[key])])
+        return consume([text.getvalue().encode()])
+
+    def finish_chunk(self, job: Any, claimed: Any, *, failed: bool, rows: Any, rows_scored: int,
+                     rows_skipped: int, error: str | None) -> bool:  # fmt: skip
+        chunk = self.chunks[(claimed.scoring_run_id, claimed.chunk_no)]
+        if self.steal_before_finish:
+            chunk.lease_token = "stolen"
+        if chunk.status != "running" or chunk.lease_token != claimed.lease_token:
+            return False
+        chunk.status = "failed" if failed else "done"
+        chunk.rows_scored, chunk.rows_skipped, chunk.error = rows_scored, rows_skipped, error
+        if not failed:
+            self.output.extend((*row, "now") for row in rows())
+        return True
+
+    def run_progress(self, run_id: int) -> Any:
+        from ckpt_eval.db.scoring import RunProgress
+
+        mine = [c for (r, _), c in self.chunks.items() if r == run_id]
+        open_chunks = [c for c in mine if c.status in ("pending", "running")]
+        return RunProgress(
+            len(mine), len(open_chunks), sum(c.status == "failed" for c in mine),
+            sum(c.rows_scored or 0 for c in mine), sum(c.rows_skipped or 0 for c in mine),
+            sum(c.planned_rows for c in open_chunks),
+        )  # fmt: skip
+
+    def complete_run(self, job: Any, run_id: int) -> str | None:
+        progress = self.run_progress(run_id)
+        if progress.open_chunks:
+            return None
+        status = "failed" if progress.failed_chunks else "done"
+        if self.runs[run_id]["status"] == "running":
+            self.runs[run_id].update(status=status, rows_scored=progress.rows_scored)
+        if self.job.active_run == run_id:
+            self._set_active(None)
+        return status
