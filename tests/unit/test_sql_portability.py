@@ -101,6 +101,9 @@ def test_every_table_has_exactly_one_unique_constraint_its_primary_key() -> None
         "ckpt_eval.evaluation_metrics",
         "ckpt_eval.datasets",
         "ckpt_eval.evaluations",
+        "ckpt_eval.scoring_jobs",
+        "ckpt_eval.scoring_runs",
+        "ckpt_eval.scoring_chunks",
     }
     for name, body in tables:
         assert body.upper().count("PRIMARY KEY") == 1, name

@@ -34,6 +34,7 @@ from .table_reader import _dataset_error, grant_advice
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_IDENTIFIER_SLOTS = ("input", "output", "key", "features")
 _INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer"}  # pg_type OIDs of int8, int2, int4
 
 
@@ -129,6 +130,8 @@ def _job(row: dict[str, Any]) -> ScoringJob:
 def _statement(template: str, job: ScoringJob) -> pgsql.Composed:
     """``template`` with its identifier slots filled from ``job``, every name quoted by psycopg."""
     assert job.source is not None
+    for slot in _IDENTIFIER_SLOTS:
+        template = template.replace(f"%({slot})s", f"{{{slot}}}")
     return pgsql.SQL(template).format(  # type: ignore[arg-type]
         input=pgsql.Identifier(*split_table_name(job.source)),
         output=pgsql.Identifier(job.output_schema, job.output_table),
@@ -221,7 +224,7 @@ class ScoringRepository(Repository):
         output = pgsql.Identifier(job.output_schema, job.output_table).as_string(None)  # type: ignore[arg-type]
 
         def read(conn: psycopg.Connection) -> tuple[bool, bool]:
-            row = conn.execute(sql.OUTPUT_PRIVILEGES, {"output": output}).fetchone()
+            row = conn.execute(sql.OUTPUT_PRIVILEGES, {"output_name": output}).fetchone()
             assert row is not None
             return bool(row[0]), bool(row[1])
 

@@ -252,7 +252,7 @@ TABLE_READ_TIMEOUT = "SELECT set_config('statement_timeout', %(timeout)s, true)"
 COPY_TABLE_CSV = "COPY (SELECT %(columns)s FROM %(table)s) TO STDOUT WITH (FORMAT csv)"
 
 # -- Batch scoring (schema version 4) -------------------------------------------------------------
-# Statements with {input}, {output}, {key}, {features} hold IDENTIFIER slots, never bind parameters:
+# %(input)s, %(output)s, %(key)s and %(features)s are IDENTIFIER slots, never bind parameters:
 # db/scoring.py fills them with psycopg.sql.Identifier (names from the registry, each quoted).
 
 SCORING_JOB = """
@@ -286,29 +286,29 @@ FROM ckpt_eval.scoring_runs WHERE job_name = %(job)s ORDER BY scoring_run_id
 """
 
 # The input's column types (no rows read): the key must be an integer, the features must exist.
-SCORING_INPUT_COLUMNS = "SELECT i.{key}, {features} FROM {input} i LIMIT 0"
-SCORING_NULL_KEYS = "SELECT count(*) FROM {input} i WHERE i.{key} IS NULL"
-SCORING_DUPLICATE_KEY = "SELECT i.{key} FROM {input} i GROUP BY i.{key} HAVING count(*) > 1 LIMIT 1"
+SCORING_INPUT_COLUMNS = "SELECT i.%(key)s, %(features)s FROM %(input)s i LIMIT 0"
+SCORING_NULL_KEYS = "SELECT count(*) FROM %(input)s i WHERE i.%(key)s IS NULL"
+SCORING_DUPLICATE_KEY = "SELECT i.%(key)s FROM %(input)s i GROUP BY i.%(key)s HAVING count(*) > 1 LIMIT 1"
 OUTPUT_PRIVILEGES = """
-SELECT to_regclass(%(output)s) IS NOT NULL AS present,
-       CASE WHEN to_regclass(%(output)s) IS NULL THEN false
-            ELSE has_table_privilege(to_regclass(%(output)s), 'INSERT') AND
-                 has_table_privilege(to_regclass(%(output)s), 'SELECT') END AS writable
+SELECT to_regclass(%(output_name)s) IS NOT NULL AS present,
+       CASE WHEN to_regclass(%(output_name)s) IS NULL THEN false
+            ELSE has_table_privilege(to_regclass(%(output_name)s), 'INSERT') AND
+                 has_table_privilege(to_regclass(%(output_name)s), 'SELECT') END AS writable
 """
 
 # The rows a run scores (those without a prediction from the checkpoint yet; every row when
 # rescoring), at most %(limit)s of them (NULL: all), planned as chunks of consecutive keys.
 _NOT_YET_SCORED = (
-    "(%(rescore)s OR NOT EXISTS (SELECT 1 FROM {output} o"
-    " WHERE o.row_key = i.{key} AND o.checkpoint_id = %(checkpoint_id)s))"
+    "(%(rescore)s OR NOT EXISTS (SELECT 1 FROM %(output)s o"
+    " WHERE o.row_key = i.%(key)s AND o.checkpoint_id = %(checkpoint_id)s))"
 )
 SCORING_PLAN = f"""
 SELECT chunk_no, min(k) AS low_key, max(k) AS high_key, count(*) AS planned_rows
 FROM (
     SELECT k, (row_number() OVER (ORDER BY k) - 1) / %(chunk_rows)s AS chunk_no
-    FROM (SELECT i.{{key}} AS k FROM {{input}} i
-          WHERE i.{{key}} IS NOT NULL AND {_NOT_YET_SCORED}
-          ORDER BY i.{{key}} LIMIT %(limit)s) picked
+    FROM (SELECT i.%(key)s AS k FROM %(input)s i
+          WHERE i.%(key)s IS NOT NULL AND {_NOT_YET_SCORED}
+          ORDER BY i.%(key)s LIMIT %(limit)s) picked
 ) numbered
 GROUP BY chunk_no
 ORDER BY chunk_no
@@ -405,12 +405,12 @@ WHERE scoring_run_id = %(run)s AND status = 'running'
 # A chunk's input rows, in key order; the rows already scored by the checkpoint are left out (unless
 # rescoring), so a chunk planned before some of its rows were scored elsewhere scores only the rest.
 SCORING_READ_CHUNK = f"""
-COPY (SELECT i.{{key}}, {{features}} FROM {{input}} i
-      WHERE i.{{key}} BETWEEN %(low)s AND %(high)s AND {_NOT_YET_SCORED}
-      ORDER BY i.{{key}}) TO STDOUT WITH (FORMAT csv)
+COPY (SELECT i.%(key)s, %(features)s FROM %(input)s i
+      WHERE i.%(key)s BETWEEN %(low)s AND %(high)s AND {_NOT_YET_SCORED}
+      ORDER BY i.%(key)s) TO STDOUT WITH (FORMAT csv)
 """
 
 SCORING_WRITE = """
-COPY {output} (row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class,
+COPY %(output)s (row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class,
                probabilities, positive_probability, scored_at) FROM STDIN
 """
