@@ -351,7 +351,8 @@ LEFT JOIN (
 
 -- Version 4: a scoring job and its output table, made by the schema owner (the deployment calls this
 -- for each job of its configuration; an operator may call it with psql). Safe to call again: the
--- table and view are made when missing, the job's definition is updated (never its active run).
+-- table and view are made when missing, the job's definition is updated (never its active run). The
+-- input dataset may be registered later (ckpt-eval dataset add); `ckpt-eval score` checks it.
 -- The output holds one row per (row key, scoring run): exactly-once is enforced by the chunk fence,
 -- and the primary key (which holds the distribution key, the row key, so the join back to the input
 -- is co-located on Greenplum) turns any defect into a failed chunk rather than a duplicate.
@@ -367,9 +368,6 @@ DECLARE
 BEGIN
     IF length(output_table) > 56 THEN
         RAISE EXCEPTION 'output table name % is longer than 56 characters', output_table;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM ckpt_eval.datasets d WHERE d.name = input_dataset AND d.kind = 'table') THEN
-        RAISE EXCEPTION 'dataset % is not a registered dataset of kind table', input_dataset;
     END IF;
     EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (
         row_key               bigint NOT NULL,

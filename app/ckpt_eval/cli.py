@@ -563,13 +563,21 @@ def score_runs(job_name: str, **options: Any) -> None:
     policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
     with ScoringRepository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000) as repository:
         repository.check_schema()
-        if repository.scoring_job(job_name) is None:
+        job = repository.scoring_job(job_name)
+        if job is None:
             raise UsageError(f"no scoring job {quoted(job_name, 60)}")
         rows = repository.scoring_runs(job_name)
+        latest = rows[-1]["scoring_run_id"] if rows else None
+        classes = repository.prediction_counts(job, latest) if latest is not None else []
     if options["output_format"] == "json":
-        click.echo(to_json({"job": job_name, "scoring_runs": rows}))
-    else:
-        click.echo(table(rows, SCORING_RUN_COLUMNS) if rows else f"scoring job {quoted(job_name, 60)}: no runs yet")
+        click.echo(to_json({"job": job_name, "scoring_runs": rows, "latest_run_classes": classes}))
+        return
+    if not rows:
+        click.echo(f"scoring job {quoted(job_name, 60)}: no runs yet")
+        return
+    click.echo(table(rows, SCORING_RUN_COLUMNS))
+    shown = ", ".join(f"{printable(c['predicted_class'] or c['predicted_index'], 60)}: {c['rows']}" for c in classes)
+    click.echo(f"run {latest} predicted {shown or 'nothing'}")
 
 
 @cli.command(epilog=EPILOG)

@@ -94,10 +94,17 @@ def test_definitions_that_cannot_work_are_refused(fields: dict, message: str) ->
         DatasetDefinition("bc", "breast_cancer", split="train"),
         DatasetDefinition("s", "csv", "sonar/sonar.csv", label_column="label", class_names=("R", "M")),
         DatasetDefinition("t", "table", "demo.sonar", feature_columns=("a", "b"), label_column="y"),
+        DatasetDefinition("unlabeled", "table", "demo.sonar", feature_columns=("a", "b")),
     ],
 )
 def test_good_definitions_validate(definition: DatasetDefinition) -> None:
     definition.validate()
+
+
+def test_a_table_without_a_label_column_is_for_scoring_only() -> None:
+    definition = DatasetDefinition("unlabeled", "table", "demo.t", feature_columns=("a",))
+    with pytest.raises(DatasetError, match="has no label column: it is an input of batch scoring"):
+        open_dataset(definition, None, lambda source, columns: None)  # type: ignore[arg-type, return-value]
 
 
 def test_table_without_a_reader_is_a_dataset_error() -> None:

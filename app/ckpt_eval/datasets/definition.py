@@ -84,11 +84,12 @@ class DatasetDefinition:
             _check_relative_path(what, self.source)
         else:
             _check_table_name(what, self.source)
-        if not self.label_column:
+        if not self.label_column and self.kind != "table":
             raise DatasetError(f"{what}: kind {self.kind} needs a label column")
         if self.kind == "table" and not self.feature_columns:
             raise DatasetError(f"{what}: kind table needs its feature columns")
-        columns = (*(self.feature_columns or ()), self.label_column)
+        # A table without a label column is an input of batch scoring only (evaluating it is refused).
+        columns = (*(self.feature_columns or ()), *((self.label_column,) if self.label_column else ()))
         for column in columns:
             if not _IDENTIFIER.fullmatch(column):
                 raise DatasetError(f"{what}: column name {quoted(column, 80)} is empty, too long or has controls")

@@ -28,7 +28,8 @@ def open_table(definition: DatasetDefinition, read_table: TableReader | None) ->
         raise DatasetError(f"{what}: a table dataset needs a database connection")
     assert definition.source
     assert definition.feature_columns
-    assert definition.label_column
+    if not definition.label_column:
+        raise DatasetError(f"{what} has no label column: it is an input of batch scoring, it cannot be evaluated")
     features = tuple(definition.feature_columns)
     columns = (*features, definition.label_column)
     layout = Layout(

@@ -181,6 +181,16 @@ class ScoringRepository(Repository):
 
         return self._with_retry(read, "reading scoring runs")
 
+    def prediction_counts(self, job: ScoringJob, run_id: int) -> list[dict[str, Any]]:
+        """Rows per predicted class in one run's predictions."""
+        statement = _statement(sql.PREDICTION_COUNTS, job)
+
+        def read(conn: psycopg.Connection) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(statement, {"run": run_id}).fetchall()
+
+        return self._with_retry(read, "counting a run's predictions")
+
     # -- checks of the input and the output --------------------------------------------------------
     def _input_query(self, job: ScoringJob, template: str, what: str, params: dict[str, Any] | None = None) -> Any:
         """Run a query on the input table; its errors name the table (and the GRANT it needs)."""
@@ -221,10 +231,10 @@ class ScoringRepository(Repository):
 
     def check_output(self, job: ScoringJob) -> None:
         """The output table must exist and the app role must be able to read and insert into it."""
-        output = pgsql.Identifier(job.output_schema, job.output_table).as_string(None)  # type: ignore[arg-type]
 
         def read(conn: psycopg.Connection) -> tuple[bool, bool]:
-            row = conn.execute(sql.OUTPUT_PRIVILEGES, {"output_name": output}).fetchone()
+            params = {"schema": job.output_schema, "table": job.output_table}
+            row = conn.execute(sql.OUTPUT_PRIVILEGES, params).fetchone()
             assert row is not None
             return bool(row[0]), bool(row[1])
 

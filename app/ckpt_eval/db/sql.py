@@ -290,10 +290,12 @@ SCORING_INPUT_COLUMNS = "SELECT i.%(key)s, %(features)s FROM %(input)s i LIMIT 0
 SCORING_NULL_KEYS = "SELECT count(*) FROM %(input)s i WHERE i.%(key)s IS NULL"
 SCORING_DUPLICATE_KEY = "SELECT i.%(key)s FROM %(input)s i GROUP BY i.%(key)s HAVING count(*) > 1 LIMIT 1"
 OUTPUT_PRIVILEGES = """
-SELECT to_regclass(%(output_name)s) IS NOT NULL AS present,
-       CASE WHEN to_regclass(%(output_name)s) IS NULL THEN false
-            ELSE has_table_privilege(to_regclass(%(output_name)s), 'INSERT') AND
-                 has_table_privilege(to_regclass(%(output_name)s), 'SELECT') END AS writable
+SELECT count(*) > 0 AS present,
+       coalesce(bool_and(has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'INSERT')
+                         AND has_table_privilege(c.oid, 'SELECT')), false) AS writable
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s
 """
 
 # The rows a run scores (those without a prediction from the checkpoint yet; every row when
@@ -413,4 +415,10 @@ COPY (SELECT i.%(key)s, %(features)s FROM %(input)s i
 SCORING_WRITE = """
 COPY %(output)s (row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class,
                probabilities, positive_probability, scored_at) FROM STDIN
+"""
+
+# How a run's predictions split over the classes (the summary of `ckpt-eval score-runs`).
+PREDICTION_COUNTS = """
+SELECT predicted_index, predicted_class, count(*) AS rows FROM %(output)s
+WHERE scoring_run_id = %(run)s GROUP BY predicted_index, predicted_class ORDER BY predicted_index
 """
