@@ -18,6 +18,8 @@ class Mode:
     wide_factor: int  # the RSS run evaluates wide_factor * N checkpoints
     write_records: int  # results written for the write-throughput figure
     table_rows: int  # rows of the table dataset (once table datasets exist)
+    scoring_rows: int  # N rows of the scoring input (memory is also measured at 4N)
+    scoring_write_rows: int  # prediction rows written by COPY and by executemany INSERT
     batch_size: int = 512  # ckpt-eval's default
     group_size: int = 8  # ckpt-eval's default: pairs evaluated together, one pass over the data
     threads: int = 2
@@ -40,6 +42,8 @@ MODES = {
         wide_factor=2,
         write_records=5,
         table_rows=1000,
+        scoring_rows=2_000,
+        scoring_write_rows=2_000,
         scale_workers=(1, 2),
     ),
     "quick": Mode(
@@ -53,6 +57,8 @@ MODES = {
         wide_factor=4,
         write_records=100,
         table_rows=100_000,
+        scoring_rows=100_000,
+        scoring_write_rows=100_000,
     ),
     "full": Mode(
         name="full",
@@ -65,6 +71,8 @@ MODES = {
         wide_factor=4,
         write_records=500,
         table_rows=1_000_000,
+        scoring_rows=1_000_000,
+        scoring_write_rows=100_000,
         batch_sizes=(128, 256, 512, 1024),
     ),
 }

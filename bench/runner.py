@@ -15,6 +15,7 @@ from .machine import describe_machine
 from .procs import Measured, run_measured
 from .report import Figure, document
 from .scale_out import ScaleOut, run_workers
+from .scoring import measure_scoring
 from .seed_design import run_seed_design
 from .table_memory import measure as measure_table
 from .writes import measure_writes
@@ -129,6 +130,10 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
         write_figures = measure_writes(writes, mode.write_records, mode.group_size)
         progress(f"table dataset: {mode.table_rows:,} rows, plain COPY vs evaluation (one torch thread)")
         table = {r["case"]: r for r in measure_table([mode.table_rows], threads=1)}
+        progress(f"batch scoring: {mode.scoring_rows:,} and {4 * mode.scoring_rows:,} rows; COPY vs INSERT")
+        scoring = measure_scoring(
+            workspace.database("scoring", 0, mode.tiny_images), mode.scoring_rows, mode.scoring_write_rows, mode.threads
+        )
     finally:
         workspace.destroy()
 
@@ -281,6 +286,39 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             [write_figures["grouped_results_per_second"]],
             higher_is_better=True,
         ),
+        Figure(
+            "scoring_rows_per_second",
+            f"ckpt-eval score, {mode.scoring_rows:,} rows x 30 features, end to end (start-up included)",
+            "rows/s",
+            [scoring.rows / scoring.runs[scoring.rows].wall],
+            higher_is_better=True,
+        ),
+        Figure(
+            "scoring_rss_n_mb",
+            f"peak RSS of ckpt-eval score, {mode.scoring_rows:,} rows",
+            "MB",
+            [scoring.runs[scoring.rows].max_rss_mb],
+        ),
+        Figure(
+            "scoring_rss_4n_mb",
+            f"peak RSS of ckpt-eval score, {4 * mode.scoring_rows:,} rows",
+            "MB",
+            [scoring.runs[4 * scoring.rows].max_rss_mb],
+        ),
+        Figure(
+            "copy_write_rows_per_second",
+            f"predictions written by COPY FROM STDIN ({scoring.write_rows:,} rows, one transaction)",
+            "rows/s",
+            [scoring.write_rows / scoring.copy_seconds],
+            higher_is_better=True,
+        ),
+        Figure(
+            "insert_write_rows_per_second",
+            f"the same rows by executemany INSERT ({scoring.write_rows:,} rows, one transaction)",
+            "rows/s",
+            [scoring.write_rows / scoring.insert_seconds],
+            higher_is_better=True,
+        ),
     ]
     for workers, measured in sorted(scale.items()):
         figures.append(
@@ -369,6 +407,23 @@ def run_benchmark(mode: Mode, progress: Callable[[str], None] = _log) -> dict:
             "x",
             [_rate(table["evaluate"]) / _rate(table["copy"])],
             higher_is_better=True,
+        ),
+    ]
+    ratios += [
+        Figure(
+            "copy_over_insert",
+            "prediction writes: COPY rows/s / executemany INSERT rows/s",
+            "x",
+            [scoring.insert_seconds / scoring.copy_seconds],
+            goal=">= 20",
+            higher_is_better=True,
+        ),
+        Figure(
+            "scoring_rss_4n_over_n",
+            "ckpt-eval score peak RSS: 4N rows / N rows",
+            "x",
+            [scoring.runs[4 * scoring.rows].max_rss_mb / scoring.runs[scoring.rows].max_rss_mb],
+            goal="about 1 (flat)",
         ),
     ]
     single = scale.get(1)

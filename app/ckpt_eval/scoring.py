@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ import pandas as pd
 from . import __version__
 from .architectures import Architecture, get_architecture
 from .config import Settings, Worker
+from .copy_format import SIGNATURE, TRAILER, prediction_tuples
 from .datasets.tabular import record_chunks
 from .db.scoring import ClaimedChunk, ScoringJob, ScoringRepository
 from .errors import CheckpointError, CkptEvalError, ConfigError, DatasetError, UsageError
@@ -222,20 +224,20 @@ def score_blocks(
     return result
 
 
-def prediction_rows(
+def copy_blocks(
     predictions: Predictions, scoring_run_id: int, checkpoint_id: int, checkpoint_name: str,
-    class_names: tuple[str, ...] | None,
-) -> Iterator[tuple[object, ...]]:  # fmt: skip
-    """The output rows of a chunk (without their time): one per scored row key."""
-    binary = None
+    class_names: tuple[str, ...] | None, scored_at: datetime,
+) -> Iterator[bytes]:  # fmt: skip
+    """A chunk's predictions as one binary COPY stream: the signature, a block per piece, the trailer."""
+    yield SIGNATURE
     for keys, indices, probabilities in zip(
         predictions.keys, predictions.indices, predictions.probabilities, strict=True
     ):
-        binary = probabilities.shape[1] == 2
-        for key, index, probs in zip(keys.tolist(), indices.tolist(), probabilities.tolist(), strict=True):
-            name = class_names[index] if class_names and index < len(class_names) else None
-            positive = probs[1] if binary else None
-            yield (key, scoring_run_id, checkpoint_id, checkpoint_name, index, name, probs, positive)
+        yield prediction_tuples(
+            keys, indices, probabilities, scoring_run_id=scoring_run_id, checkpoint_id=checkpoint_id,
+            checkpoint_name=checkpoint_name, class_names=class_names, scored_at=scored_at,
+        )  # fmt: skip
+    yield TRAILER
 
 
 # ---------------------------------------------------------------------------------------------- the worker
@@ -455,8 +457,8 @@ class Scorer:
                     job,
                     chunk,
                     failed=error is not None,
-                    rows=lambda: prediction_rows(
-                        predictions, chunk.scoring_run_id, job.checkpoint_id or 0, job.checkpoint_name, class_names
+                    data=lambda now: copy_blocks(
+                        predictions, chunk.scoring_run_id, job.checkpoint_id or 0, job.checkpoint_name, class_names, now
                     ),
                     rows_scored=predictions.count,
                     rows_skipped=predictions.skipped,

@@ -76,6 +76,11 @@ def test_smoke_run_prints_the_table_and_writes_the_json(smoke_run) -> None:
     assert ratios["multi_model_over_floor"]["value"] > 0
     assert ratios["multi_forward_over_matmul"]["value"] > 0
     assert ratios["seed_over_ckpt_eval"]["value"] > 0
+    for key in ("scoring_rows_per_second", "scoring_rss_n_mb", "scoring_rss_4n_mb", "copy_write_rows_per_second",
+                "insert_write_rows_per_second"):  # fmt: skip
+        assert figures[key]["value"] > 0, key
+    assert ratios["copy_over_insert"]["goal"] == ">= 20"
+    assert ratios["scoring_rss_4n_over_n"]["value"] > 0
 
 
 def test_compare_sets_two_results_side_by_side(smoke_run, tmp_path: Path) -> None:

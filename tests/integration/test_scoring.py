@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from ckpt_eval.config import Settings
 from ckpt_eval.credentials import decrypt_credentials
 from ckpt_eval.db.connection import RetryPolicy
 from ckpt_eval.db.scoring import ScoringRepository
+from ckpt_eval.scoring import Predictions, copy_blocks
 from tests.support.deployment import REPO, VAULT_PASSWORD, Deployment
 
 CHECKPOINT = "breast-cancer-mlp"
@@ -278,18 +281,16 @@ def test_a_chunk_whose_lease_was_taken_over_writes_nothing(db: Deployment) -> No
         stolen = second.claim_chunk(run_id, 0, "w2", "token-2", lease_seconds=60)
         assert stolen is not None
         assert stolen.attempt == 2
-        row = (0, run_id, job.checkpoint_id, CHECKPOINT, 1, "benign", [0.1, 0.9], 0.9)
-        assert not first.finish_chunk(
-            job, chunk, failed=False, rows=lambda: [row], rows_scored=1, rows_skipped=0, error=None
-        )
+        one = Predictions(keys=[np.array([0])], indices=[np.array([1])], probabilities=[np.array([[0.1, 0.9]])])
+
+        def data(now: datetime) -> Iterator[bytes]:
+            return copy_blocks(one, run_id, job.checkpoint_id or 0, CHECKPOINT, ("malignant", "benign"), now)
+
+        assert not first.finish_chunk(job, chunk, failed=False, data=data, rows_scored=1, rows_skipped=0, error=None)
         assert predictions(db) == []
-        assert second.finish_chunk(
-            job, stolen, failed=False, rows=lambda: [row], rows_scored=1, rows_skipped=0, error=None
-        )
+        assert second.finish_chunk(job, stolen, failed=False, data=data, rows_scored=1, rows_skipped=0, error=None)
         assert [r[0] for r in predictions(db)] == [0]
         # The same token again (a retried finish): the fence no longer holds, nothing is written twice.
-        assert not second.finish_chunk(
-            job, stolen, failed=False, rows=lambda: [row], rows_scored=1, rows_skipped=0, error=None
-        )
+        assert not second.finish_chunk(job, stolen, failed=False, data=data, rows_scored=1, rows_skipped=0, error=None)
         assert len(predictions(db)) == 1
         assert first.complete_run(job, run_id) is None  # other chunks are still pending

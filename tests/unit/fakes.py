@@ -337,7 +337,7 @@ class FakeScoringRepository:
                 writer.writerow([key, *("" if v is None else v for v in self.rows[key])])
         return consume([text.getvalue().encode()])
 
-    def finish_chunk(self, job: Any, claimed: Any, *, failed: bool, rows: Any, rows_scored: int,
+    def finish_chunk(self, job: Any, claimed: Any, *, failed: bool, data: Any, rows_scored: int,
                      rows_skipped: int, error: str | None) -> bool:  # fmt: skip
         chunk = self.chunks[(claimed.scoring_run_id, claimed.chunk_no)]
         if self.steal_before_finish:
@@ -347,7 +347,7 @@ class FakeScoringRepository:
         chunk.status = "failed" if failed else "done"
         chunk.rows_scored, chunk.rows_skipped, chunk.error = rows_scored, rows_skipped, error
         if not failed:
-            self.output.extend((*row, "now") for row in rows())
+            self.output.extend(decode_binary_copy(b"".join(data(datetime(2026, 1, 1, tzinfo=UTC)))))
         return True
 
     def run_progress(self, run_id: int) -> Any:
@@ -371,3 +371,43 @@ class FakeScoringRepository:
         if self.job.active_run == run_id:
             self._set_active(None)
         return status
+
+
+def decode_binary_copy(data: bytes) -> list[tuple[object, ...]]:
+    """The rows of a binary COPY stream of the scoring output layout (what the server would store)."""
+    import struct
+
+    from ckpt_eval.copy_format import SIGNATURE, TRAILER
+
+    assert data.startswith(SIGNATURE), "no binary COPY signature"
+    assert data.endswith(TRAILER), "no binary COPY trailer"
+    body, position, rows = data[len(SIGNATURE) : -len(TRAILER)], 0, []
+
+    def take(size: int) -> bytes:
+        nonlocal position
+        chunk = body[position : position + size]
+        assert len(chunk) == size, "truncated tuple"
+        position += size
+        return chunk
+
+    while position < len(body):
+        (fields,) = struct.unpack(">h", take(2))
+        values: list[object] = []
+        for kind in ("i8", "i8", "i8", "text", "i4", "text", "float8[]", "f8", "timestamptz")[:fields]:
+            (length,) = struct.unpack(">i", take(4))
+            if length == -1:
+                values.append(None)
+                continue
+            raw = take(length)
+            if kind == "text":
+                values.append(raw.decode("utf-8"))
+            elif kind == "float8[]":
+                ndim, _, element, size, lower = struct.unpack(">iiiii", raw[:20])
+                assert (ndim, element, lower) == (1, 701, 1)
+                values.append([struct.unpack(">d", raw[24 + 12 * i : 32 + 12 * i])[0] for i in range(size)])
+            elif kind == "timestamptz":
+                values.append(datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=struct.unpack(">q", raw)[0]))
+            else:
+                values.append(struct.unpack({"i8": ">q", "i4": ">i", "f8": ">d"}[kind], raw)[0])
+        rows.append(tuple(values))
+    return rows

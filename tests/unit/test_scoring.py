@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from ckpt_eval import cli
 from ckpt_eval.architectures import build_model, get_architecture
 from ckpt_eval.checkpoints import sha256_file
 from ckpt_eval.config import Settings, Worker
+from ckpt_eval.copy_format import SIGNATURE, TRAILER
 from ckpt_eval.db.scoring import ScoringJob
 from ckpt_eval.errors import ConfigError, UsageError
 from ckpt_eval.isolation import CheckpointParser, ParseLimits
@@ -28,11 +30,11 @@ from ckpt_eval.scoring import (
     Scorer,
     ScoringOptions,
     ScoringSummary,
+    copy_blocks,
     parse_rows,
-    prediction_rows,
     score_blocks,
 )
-from tests.unit.fakes import FakeScoringRepository
+from tests.unit.fakes import FakeScoringRepository, decode_binary_copy
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINTS = REPO / "checkpoints"
@@ -81,16 +83,26 @@ def test_skipped_rows_are_all_counted_and_the_first_ones_named() -> None:
     assert "\x1b" not in summary
 
 
-def test_prediction_rows_carry_the_class_name_and_the_positive_probability() -> None:
+def test_the_binary_copy_stream_holds_each_prediction_exactly() -> None:
     predictions = Predictions(
-        keys=[np.array([7, 9])], indices=[np.array([1, 0])], probabilities=[np.array([[0.2, 0.8], [0.6, 0.4]])]
+        keys=[np.array([7, 9]), np.array([2**40])],
+        indices=[np.array([1, 0]), np.array([1])],
+        probabilities=[np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([[1 / 3, 2 / 3]])],
     )
-    assert list(prediction_rows(predictions, 3, 11, "ckpt", ("malignant", "benign"))) == [
-        (7, 3, 11, "ckpt", 1, "benign", [0.2, 0.8], 0.8),
-        (9, 3, 11, "ckpt", 0, "malignant", [0.6, 0.4], 0.4),  # positive: class 1,
-    ]
+    when = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    rows = decode_binary_copy(b"".join(copy_blocks(predictions, 3, 11, "ckpt-\u00e9", ("malignant", "benign"), when)))
+    assert sorted(rows) == sorted(
+        [
+            (7, 3, 11, "ckpt-\u00e9", 1, "benign", [0.2, 0.8], 0.8, when),
+            (9, 3, 11, "ckpt-\u00e9", 0, "malignant", [0.6, 0.4], 0.4, when),  # positive: class 1's
+            (2**40, 3, 11, "ckpt-\u00e9", 1, "benign", [1 / 3, 2 / 3], 2 / 3, when),
+        ]
+    )
     three = Predictions(keys=[np.array([1])], indices=[np.array([2])], probabilities=[np.array([[0.1, 0.2, 0.7]])])
-    assert list(prediction_rows(three, 1, 1, "c", None)) == [(1, 1, 1, "c", 2, None, [0.1, 0.2, 0.7], None)]
+    assert decode_binary_copy(b"".join(copy_blocks(three, 1, 1, "c", None, when))) == [
+        (1, 1, 1, "c", 2, None, [0.1, 0.2, 0.7], None, when)
+    ]
+    assert b"".join(copy_blocks(Predictions(), 1, 1, "c", None, when)) == SIGNATURE + TRAILER
 
 
 @pytest.fixture(scope="module")

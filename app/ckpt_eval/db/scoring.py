@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg
@@ -402,14 +402,15 @@ class ScoringRepository(Repository):
         chunk: ClaimedChunk,
         *,
         failed: bool,
-        rows: Callable[[], Iterable[tuple[Any, ...]]],
+        data: Callable[[datetime], Iterable[bytes]],
         rows_scored: int,
         rows_skipped: int,
         error: str | None,
     ) -> bool:
-        """Fence, write the predictions (``rows()``, without their time), mark the chunk; False: lease lost.
+        """Fence, write the predictions, mark the chunk; False: the lease was lost (nothing written).
 
-        One transaction: the fence first (rowcount 1 or nothing is written), then COPY, then COMMIT.
+        One transaction: the fence first (rowcount 1 or nothing is written), then COPY of ``data(now)``
+        (the binary COPY stream of the chunk's predictions, scored at the server's time), then COMMIT.
         """
         output = _statement(sql.SCORING_WRITE, job)
         first_try = True
@@ -441,8 +442,8 @@ class ScoringRepository(Repository):
                         raise _Fenced
                     if not failed:
                         with conn.cursor() as cursor, cursor.copy(output) as copy:
-                            for row in rows():
-                                copy.write_row((*row, now))
+                            for block in data(now):
+                                copy.write(block)
                 return True
             except _Fenced:
                 return False

@@ -412,9 +412,10 @@ COPY (SELECT i.%(key)s, %(features)s FROM %(input)s i
       ORDER BY i.%(key)s) TO STDOUT WITH (FORMAT csv)
 """
 
+# In binary: the rows come from copy_format.py, built column-wise (the column order is its layout's).
 SCORING_WRITE = """
 COPY %(output)s (row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class,
-               probabilities, positive_probability, scored_at) FROM STDIN
+               probabilities, positive_probability, scored_at) FROM STDIN WITH (FORMAT binary)
 """
 
 # How a run's predictions split over the classes (the summary of `ckpt-eval score-runs`).
