@@ -294,3 +294,28 @@ def test_a_chunk_whose_lease_was_taken_over_writes_nothing(db: Deployment) -> No
         assert not second.finish_chunk(job, stolen, failed=False, data=data, rows_scored=1, rows_skipped=0, error=None)
         assert len(predictions(db)) == 1
         assert first.complete_run(job, run_id) is None  # other chunks are still pending
+
+
+def test_a_value_the_input_view_cannot_compute_stops_the_job_and_hands_the_chunk_back(db: Deployment) -> None:
+    features = ", ".join(["1.0 / (sample_id - 300) AS f00", *FEATURES[1:]])
+    with db.superuser() as conn:
+        conn.execute(f"CREATE VIEW lab.broken AS SELECT sample_id, {features} FROM lab.patients")
+        conn.execute("GRANT SELECT ON lab.broken TO ckpt_eval_app")
+    register_dataset(db, "broken", "lab.broken")
+    create_job(db, "broken", "broken", "lab", "broken_predictions")
+    result = score(db, "--force", job="broken")
+    assert result.returncode == 65, result.stderr
+    assert "failed on a value: division by zero" in result.stderr
+    assert "Traceback" not in result.stderr
+    with db.superuser() as conn:
+        holding = conn.execute(
+            "SELECT status, lease_token IS NULL FROM ckpt_eval.scoring_chunks WHERE 300 BETWEEN low_key AND high_key"
+        ).fetchone()
+        done = conn.execute(
+            "SELECT coalesce(sum(rows_scored), 0) FROM ckpt_eval.scoring_chunks WHERE status = 'done'"
+        ).fetchone()
+        written = conn.execute("SELECT count(*) FROM lab.broken_predictions").fetchone()
+    # The chunk holding key 300 was handed back untouched; chunks scored before it (in random order) keep
+    # their predictions, exactly their rows.
+    assert holding == ("pending", True)
+    assert written == done

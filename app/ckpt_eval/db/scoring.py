@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -27,6 +28,7 @@ from ..datasets.definition import split_table_name
 from ..errors import ConfigError, DatabasePrivilegeError, DatasetError
 from ..text import quoted
 from . import sql
+from .copy_out import copy_out
 from .errors import is_lost_race, server_message
 from .repository import Repository
 from .table_reader import _dataset_error, grant_advice
@@ -386,8 +388,10 @@ class ScoringRepository(Repository):
             try:
                 with conn.transaction():
                     conn.execute(sql.TABLE_FLOAT_DIGITS)
-                    with conn.cursor() as cursor, cursor.copy(statement, params) as copy:
-                        return consume(bytes(block) for block in copy)
+                    # COPY takes no bind parameters: psycopg merges these (numbers, booleans) client-side.
+                    query = psycopg.ClientCursor(conn).mogrify(statement, params)
+                    with closing(copy_out(conn, query.encode(conn.info.encoding))) as blocks:
+                        return consume(blocks)
             except psycopg.Error as exc:
                 known = _dataset_error(exc, job.source or "", self._creds.user, 0)
                 if known is not None and (exc.sqlstate or "") != "57014":
