@@ -479,6 +479,51 @@ def test_deploy_evaluates_the_tabular_demo_on_the_table_dataset(first_deploy: Pl
 
 
 @needs_root
+def test_deploy_scores_the_unlabeled_demo_rows_and_score_yml_reruns(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0, first_deploy.output[-5000:]
+    rows = demo_rows()
+    assert re.search(r'breast_cancer_demo\\?": run 1 done', first_deploy.output), "the deploy ends with the summary"
+    import numpy as np
+    import torch
+
+    from ckpt_eval.architectures import get_architecture
+
+    architecture = get_architecture("breast_cancer_mlp")
+    model = architecture.spec.build()
+    model.load_state_dict(torch.load(DEMO_CHECKPOINT, weights_only=True))
+    features = torch.tensor([[float(value) for value in row[1:-1]] for row in rows], dtype=torch.float32)
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(architecture.prepare(features)).double(), dim=1).numpy()
+    out = superuser_sql(
+        "SELECT row_key, predicted_class, positive_probability FROM ckpt_eval_demo.breast_cancer_predictions "
+        "WHERE scoring_run_id = 1 ORDER BY row_key"
+    )
+    written = [line.split("|") for line in out.splitlines() if line]
+    assert [int(key) for key, _, _ in written] == [int(row[0]) for row in rows]  # each row exactly once
+    for (_, label, positive), probabilities in zip(written, expected, strict=True):
+        assert label == architecture.class_names[int(np.argmax(probabilities))]
+        assert float(positive) == pytest.approx(probabilities[1], abs=1e-6)
+    # The app role may read and append predictions, nothing else.
+    with app_connection() as conn:
+        for statement in (
+            "DELETE FROM ckpt_eval_demo.breast_cancer_predictions",
+            "UPDATE ckpt_eval_demo.breast_cancer_predictions SET predicted_index = 0",
+            "TRUNCATE ckpt_eval_demo.breast_cancer_predictions",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    rerun = ansible_playbook("playbooks/score.yml", "-e", "rescore=true", "-e", "limit=10")
+    assert rerun.returncode == 0, rerun.output[-5000:]
+    assert "10 row(s) scored" in rerun.output
+    for secret in demo_secrets():
+        assert secret not in rerun.output
+    latest = superuser_sql(
+        "SELECT count(*), count(DISTINCT scoring_run_id) FROM ckpt_eval_demo.breast_cancer_predictions_latest"
+    )
+    assert latest.strip() == f"{len(rows)}|2"  # the 10 rescored rows show their new prediction
+
+
+@needs_root
 def test_app_role_reads_the_granted_dataset_source_and_nothing_else(first_deploy: PlaybookRun) -> None:
     assert first_deploy.returncode == 0
     superuser_sql(
