@@ -106,6 +106,26 @@ def _selection(ids: Sequence[int] | None, datasets: Sequence[str] | None) -> dic
 _DATASET_PREFIX = "dataset_"
 
 
+def lease_params(now: datetime, owner: str, token: str, lease_seconds: float) -> dict[str, Any]:
+    """The parameters of a claim: who holds the lease, its fencing token, and until when (server time)."""
+    return {"owner": owner, "token": token, "now": now, "expires": now + timedelta(seconds=lease_seconds)}
+
+
+def compare_and_set(conn: psycopg.Connection, statement: str, params: Mapping[str, Any], what: str) -> bool:
+    """Run a compare-and-set UPDATE: True when it took (one row), False when another worker won the race.
+
+    Greenplum with the global deadlock detector reports a concurrent update of the row as an error
+    instead of a rowcount of 0: that is a lost race too.
+    """
+    try:
+        return conn.execute(statement, params).rowcount == 1
+    except psycopg.errors.DatabaseError as exc:
+        if is_lost_race(exc):
+            log.debug("lost the race for %s: %s", what, server_message(exc))
+            return False
+        raise
+
+
 class Repository:
     def __init__(self, creds: DbCredentials, policy: RetryPolicy, **connect_options: Any) -> None:
         self._creds = creds
@@ -306,22 +326,9 @@ class Repository:
 
         def attempt(conn: psycopg.Connection) -> ClaimedCheckpoint | None:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            params = {
-                "name": name,
-                "dataset": dataset,
-                "owner": owner,
-                "token": token,
-                "now": now,
-                "expires": now + timedelta(seconds=lease_seconds),
-            }
-            try:
-                if conn.execute(sql.CLAIM, params).rowcount != 1:
-                    return None
-            except psycopg.errors.DatabaseError as exc:
-                if is_lost_race(exc):
-                    log.debug("lost the race for %s: %s", quoted(name), server_message(exc))
-                    return None
-                raise
+            params = {"name": name, "dataset": dataset, **lease_params(now, owner, token, lease_seconds)}
+            if not compare_and_set(conn, sql.CLAIM, params, quoted(name)):
+                return None
             with conn.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(sql.CLAIMED, {"name": name, "dataset": dataset, "token": token}).fetchone()
             if row is None:  # lease taken over in between: vanishingly rare, still a lost race

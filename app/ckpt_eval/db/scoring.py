@@ -30,7 +30,7 @@ from ..text import quoted
 from . import sql
 from .copy_out import copy_out
 from .errors import is_lost_race, server_message
-from .repository import Repository
+from .repository import Repository, compare_and_set, lease_params
 from .table_reader import _dataset_error, grant_advice
 
 log = logging.getLogger(__name__)
@@ -330,21 +330,9 @@ class ScoringRepository(Repository):
     ) -> ClaimedChunk | None:
         def attempt(conn: psycopg.Connection) -> ClaimedChunk | None:
             now = conn.execute(sql.SERVER_NOW).fetchone()[0]  # type: ignore[index]
-            params = {
-                "run": run_id,
-                "chunk": chunk_no,
-                "owner": owner,
-                "token": token,
-                "now": now,
-                "expires": now + timedelta(seconds=lease_seconds),
-            }
-            try:
-                if conn.execute(sql.CLAIM_CHUNK, params).rowcount != 1:
-                    return None
-            except psycopg.errors.DatabaseError as exc:
-                if is_lost_race(exc):
-                    return None
-                raise
+            params = {"run": run_id, "chunk": chunk_no, **lease_params(now, owner, token, lease_seconds)}
+            if not compare_and_set(conn, sql.CLAIM_CHUNK, params, f"chunk {chunk_no} of scoring run {run_id}"):
+                return None
             row = conn.execute(sql.CLAIMED_CHUNK, params).fetchone()
             if row is None:
                 return None
