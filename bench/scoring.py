@@ -6,7 +6,8 @@
   time);
 - the write path alone: the same prediction rows written into a scoring output table by ``COPY FROM
   STDIN`` (the binary stream a chunk's finish writes, built column-wise by copy_format.py) and by
-  ``executemany`` of a row INSERT (psycopg 3 pipelines it), each in one transaction, as the app role.
+  ``executemany`` of a row INSERT (psycopg 3 pipelines it), each in one transaction, as the app role;
+  and one INSERT statement per row, the way the old design wrote (timed on a tenth of the rows).
 
 Used by bench/runner.py (figures in the table and the JSON); nothing is asserted.
 """
@@ -36,7 +37,8 @@ class ScoringFigures:
     rows: int
     runs: dict[int, Measured]  # input rows -> the measured `ckpt-eval score`
     copy_seconds: float
-    insert_seconds: float
+    insert_seconds: float  # executemany (psycopg 3 pipelines it)
+    row_insert_seconds: float  # one INSERT statement per row
     write_rows: int
 
 
@@ -56,6 +58,10 @@ def prepare(database: BenchDatabase, sizes: list[int]) -> None:
             "VALUES (%s, %s, 'breast_cancer_mlp', 'breast_cancer', %s)",
             (CHECKPOINT, source.name, sha),
         )
+        # An empty output table for the write figures (COPY and INSERT meet the same index sizes).
+        conn.execute("SET ROLE ckpt_eval_owner")
+        conn.execute("SELECT ckpt_eval.create_scoring_job('writes', %s, 'none', 'id', 'lab', 'writes')", (CHECKPOINT,))
+        conn.execute("RESET ROLE")
         for rows in sizes:
             conn.execute(f"CREATE TABLE lab.rows_{rows} (id bigint PRIMARY KEY, {columns})")
             conn.execute(f"INSERT INTO lab.rows_{rows} SELECT g, {values} FROM generate_series(1, {rows}) g")
@@ -89,7 +95,7 @@ def _app_connection(database: BenchDatabase) -> psycopg.Connection:
     )
 
 
-def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float, float]:
+def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float, float, float]:
     """Seconds to write ``rows`` prediction rows by COPY (the app's binary stream, built column-wise) and by
     executemany INSERT of the same values, one transaction each, as the app role."""
     columns = (
@@ -116,15 +122,23 @@ def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float
             (key + rows, run_id, checkpoint_id, CHECKPOINT, index, CLASSES[index], probs, probs[1], now)
             for key, index, probs in zip(keys.tolist(), indices.tolist(), probabilities.tolist(), strict=True)
         ]
+        insert = f"INSERT INTO lab.{table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(f"INSERT INTO lab.{table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", values)
+            cur.executemany(insert, values)
         insert_seconds = time.perf_counter() - started
-    return copy_seconds, insert_seconds
+        # The old design's way: one INSERT statement and round trip per row (a tenth of the rows, scaled).
+        tenth = [(key + rows, *rest) for key, *rest in values[: max(1, rows // 10)]]
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            for row in tenth:
+                cur.execute(insert, row)
+        row_seconds = (time.perf_counter() - started) * rows / len(tenth)
+    return copy_seconds, insert_seconds, row_seconds
 
 
 def measure_scoring(database: BenchDatabase, rows: int, write_rows: int, threads: int) -> ScoringFigures:
     sizes = [rows, 4 * rows]
     prepare(database, sizes)
     runs = {size: score(database, size, threads) for size in sizes}
-    copy_seconds, insert_seconds = write_seconds(database, write_rows, f"predictions_{rows}")
-    return ScoringFigures(rows, runs, copy_seconds, insert_seconds, write_rows)
+    copy_seconds, insert_seconds, row_seconds = write_seconds(database, write_rows, "writes")
+    return ScoringFigures(rows, runs, copy_seconds, insert_seconds, row_seconds, write_rows)
