@@ -68,6 +68,7 @@ class ChunkResult:
     rows_skipped: int
     error: str | None
     seconds: float
+    model_failed: bool = False  # the model itself failed: no other chunk is claimed
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,11 @@ class Predictor:
         with torch.inference_mode():
             inputs = self.architecture.prepare(torch.from_numpy(features))
             for start in range(0, len(inputs), self.batch_size):
-                logits = self.view(inputs[start : start + self.batch_size])
+                try:
+                    logits = self.view(inputs[start : start + self.batch_size])
+                except Exception as exc:  # the model's own code (a plugin's): its chunks fail, not the job
+                    detail = f"{exc.__class__.__name__}: {printable(exc, 300)}"
+                    raise CheckpointError(f"the forward pass failed: {detail}") from None
                 if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != num_classes:
                     shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                     raise CheckpointError(f"model output has shape {shape}, expected (N, {num_classes})")
@@ -357,7 +362,10 @@ class Scorer:
                 job.name, job.active_run, False, progress.open_rows, run_status="running", dry_run=True
             )
         model = self._load_model(job)
-        run_id, started = self._start_or_join(job, plan, model[1], options)
+        joined = self._start_or_join(job, plan, model[1], options)
+        if joined is None:
+            return ScoringSummary(job.name, None, False, 0)
+        run_id, started = joined
         if not started and (options.rescore or options.limit is not None):
             log.warning("%s: joined scoring run %d; --rescore and --limit apply to a new run only", job.label, run_id)
         run = self.repository.scoring_run(run_id)
@@ -395,7 +403,10 @@ class Scorer:
         loaded = load_checkpoint(self.settings.checkpoint_root, job.path, job.arch, job.sha256, self.parser)
         return loaded.model, loaded.sha256
 
-    def _start_or_join(self, job: ScoringJob, plan: list, sha256: str, options: ScoringOptions) -> tuple[int, bool]:
+    def _start_or_join(
+        self, job: ScoringJob, plan: list, sha256: str, options: ScoringOptions
+    ) -> tuple[int, bool] | None:
+        """(run id, started here), or None when another worker's run took the rows and has finished."""
         if plan:
             run_id = self.repository.start_run(
                 job, plan, checkpoint_sha256=sha256, rescore=options.rescore, owner=self.worker.owner,
@@ -409,7 +420,8 @@ class Scorer:
                 return run_id, True
         current = self.repository.scoring_job(job.name)
         if current is None or current.active_run is None:
-            raise CkptEvalError(f"{job.label}: another worker's run started and finished meanwhile; run again")
+            log.info("%s: another worker's scoring run took the rows and finished: nothing left", job.label)
+            return None
         log.info("%s: joined scoring run %d", job.label, current.active_run)
         return current.active_run, False
 
@@ -433,6 +445,9 @@ class Scorer:
                 result = self._score_chunk(job, chunk, rescore, predictor, options)
                 results.append(result)
                 self.on_chunk(result)
+                if result.model_failed:
+                    log.error("%s: the model failed; no more chunks are claimed", job.label)
+                    return results
 
     def _score_chunk(
         self, job: ScoringJob, chunk: ClaimedChunk, rescore: bool, predictor: Predictor, options: ScoringOptions
@@ -443,6 +458,7 @@ class Scorer:
         try:
             with _ChunkLease(lease_repository, chunk, self.settings.lease_seconds) as lease:
                 error: str | None = None
+                model_failed = False
                 try:
                     predictions = self.repository.read_chunk(
                         job, chunk, rescore,
@@ -450,6 +466,7 @@ class Scorer:
                     )  # fmt: skip
                 except (BadRow, CheckpointError) as exc:
                     predictions, error = Predictions(), printable(str(exc), MAX_ERROR_CHARS)
+                    model_failed = not isinstance(exc, BadRow)
                 if lease.lost.is_set():
                     return self._lost(chunk, started)
                 class_names = job.class_names or predictor.architecture.class_names
@@ -474,7 +491,7 @@ class Scorer:
         seconds = time.monotonic() - started
         if error is not None:
             log.error("%s failed: %s", chunk.label, error)
-            return ChunkResult(chunk.chunk_no, "failed", 0, 0, error, seconds)
+            return ChunkResult(chunk.chunk_no, "failed", 0, 0, error, seconds, model_failed)
         log.info(
             "%s: %d row(s) scored%s in %.2f s",
             chunk.label, predictions.count, f", {predictions.skipped} skipped" if predictions.skipped else "", seconds,

@@ -27,6 +27,7 @@ from ckpt_eval.scoring import (
     BadRow,
     GateRefused,
     Predictions,
+    Predictor,
     Scorer,
     ScoringOptions,
     ScoringSummary,
@@ -242,3 +243,40 @@ def test_score_in_process_prints_json_and_exits_3_when_a_chunk_failed(repository
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "99 row(s) scored, 1 skipped" in captured.out
+
+
+def test_a_model_whose_forward_pass_fails_fails_one_chunk_and_stops(repository, parser, monkeypatch) -> None:
+    def broken(inputs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied \x1b[2J")
+
+    summary = scorer(repository, parser).run("patients", ScoringOptions())
+    assert summary.rows_scored == 569
+    built = Predictor.__init__
+
+    def with_a_broken_model(self, *args):  # type: ignore[no-untyped-def]
+        built(self, *args)
+        self.view = broken
+
+    monkeypatch.setattr(Predictor, "__init__", with_a_broken_model)
+    repository.rows.update({1000 + k: v for k, v in list(repository.rows.items())[:250]})
+    failed = scorer(repository, parser).run("patients", ScoringOptions())
+    assert [(c.status, c.model_failed) for c in failed.chunks] == [("failed", True)]
+    assert "the forward pass failed: RuntimeError: mat1 and mat2" in (failed.chunks[0].error or "")
+    assert "\x1b" not in (failed.chunks[0].error or "")
+    assert not failed.ok
+    assert sorted(c.status for c in repository.chunks.values() if c.attempt == 0) == ["pending", "pending"]
+
+
+def test_a_run_that_another_worker_finished_meanwhile_leaves_nothing_to_score(repository, parser, monkeypatch) -> None:
+    start_run = repository.start_run
+
+    def raced(job, plan, **fields):  # type: ignore[no-untyped-def]
+        run_id = start_run(job, plan, **fields)  # another worker's run, which then finishes at once
+        for chunk in repository.chunks.values():
+            chunk.status = "done"
+        repository.complete_run(job, run_id)
+        return None
+
+    monkeypatch.setattr(repository, "start_run", raced)
+    summary = scorer(repository, parser).run("patients", ScoringOptions())
+    assert (summary.scoring_run_id, summary.rows_scored, summary.ok) == (None, 0, True)
