@@ -300,6 +300,8 @@ def test_cd_triggers_environment_and_concurrency() -> None:
     inputs = triggers["workflow_dispatch"]["inputs"]
     assert inputs["checkpoint_ids"]["type"] == "string"
     assert inputs["force"]["type"] == "boolean"
+    assert inputs["playbook"] == {**inputs["playbook"], "type": "choice", "options": ["evaluate", "score"]}
+    assert inputs["scoring_jobs"]["type"] == "string"
     assert inputs["fail_on_gate"] == {**inputs["fail_on_gate"], "type": "boolean", "default": True}
     assert data["concurrency"]["cancel-in-progress"] is False
     (job,) = data["jobs"].values()
@@ -346,6 +348,10 @@ def _run_cd_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProc
         "FAILED": "false",
         "DRY_RUN": "false",
         "FAIL_ON_GATE": "true",
+        "PLAYBOOK": "evaluate",
+        "SCORING_JOBS": "",
+        "RESCORE": "false",
+        "LIMIT": "",
         **env,
     }
     result = subprocess.run(
@@ -408,6 +414,52 @@ def test_cd_manual_run_evaluates_with_the_inputs(tmp_path: Path, inputs: dict[st
 def test_cd_manual_run_rejects_bad_inputs(tmp_path: Path, inputs: dict[str, str]) -> None:
     result, argv = _run_cd_script(tmp_path, **inputs)
     assert result.returncode == 2
+    assert argv is None, "ansible-playbook must not run"
+    assert "::error" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("inputs", "extra_vars"),
+    [
+        ({"PLAYBOOK": "score"}, ["fail_on_gate=true"]),
+        (
+            {"PLAYBOOK": "score", "SCORING_JOBS": " sonar_daily, breast-cancer ", "LIMIT": " 0100 ", "RESCORE": "true"},
+            ['{"scoring_jobs": ["sonar_daily","breast-cancer"]}', "limit=100", "rescore=true", "fail_on_gate=true"],
+        ),
+        (
+            {"PLAYBOOK": "score", "FORCE": "true", "DRY_RUN": "true", "FAIL_ON_GATE": "false"},
+            ["force=true", "dry_run=true"],
+        ),
+    ],
+)
+def test_cd_manual_run_scores_with_the_inputs(tmp_path: Path, inputs: dict[str, str], extra_vars: list[str]) -> None:
+    result, argv = _run_cd_script(tmp_path, **inputs)
+    assert result.returncode == 0, result.stderr
+    expected = list(BASE_ARGS)
+    for value in extra_vars:
+        expected += ["-e", value]
+    assert argv == [*expected, "playbooks/score.yml"]
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"PLAYBOOK": "score", "SCORING_JOBS": 'a"],"force":true,"x":["b'},
+        {"PLAYBOOK": "score", "SCORING_JOBS": "$(touch pwned)"},
+        {"PLAYBOOK": "score", "SCORING_JOBS": "a,"},
+        {"PLAYBOOK": "score", "LIMIT": "0"},
+        {"PLAYBOOK": "score", "LIMIT": "-5"},
+        {"PLAYBOOK": "score", "LIMIT": "1e9"},
+        {"PLAYBOOK": "score", "CHECKPOINT_IDS": "3"},
+        {"PLAYBOOK": "score", "RESCORE": "yes"},
+        {"PLAYBOOK": "evaluate", "SCORING_JOBS": "a"},
+        {"PLAYBOOK": "evaluate", "RESCORE": "true"},
+        {"PLAYBOOK": "uninstall"},
+    ],
+)
+def test_cd_manual_scoring_rejects_bad_inputs(tmp_path: Path, inputs: dict[str, str]) -> None:
+    result, argv = _run_cd_script(tmp_path, **inputs)
+    assert result.returncode == 2, result.stdout + result.stderr
     assert argv is None, "ansible-playbook must not run"
     assert "::error" in result.stdout
 
