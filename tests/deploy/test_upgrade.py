@@ -1,7 +1,7 @@
 """Upgrade in place: this machine deployed with the current release (schema version 2, one dataset per
 checkpoint), runs recorded, then this checkout's deploy.yml over it. Every run and metric must be kept,
 the checkpoints evaluated before must not be evaluated again (their dataset did not change), and the new
-pairs (the tabular demo) must be evaluated.
+pairs (the tabular demo) must be evaluated, the scoring demo scored.
 
 Deploys onto this machine like test_playbooks.py (PostgreSQL 15/main on 5432, /opt/ckpt-eval): it first
 puts the machine back to "the release is deployed" by dropping the ckpt_eval database and the installed
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from ckpt_eval.db.sql import REQUIRED_SCHEMA_VERSION
 from tests.deploy.test_playbooks import (
     BIN,
     DEMO_PASSWORD_FILE,
@@ -111,7 +112,7 @@ def test_upgrade_keeps_every_run_and_metric_and_evaluates_the_new_pairs(release:
 
     upgraded = ansible_playbook("playbooks/deploy.yml")
     assert upgraded.returncode == 0, upgraded.output[-5000:]
-    assert superuser_sql("SELECT max(version) FROM ckpt_eval.schema_version").strip() == "3"
+    assert superuser_sql("SELECT max(version) FROM ckpt_eval.schema_version").strip() == str(REQUIRED_SCHEMA_VERSION)
     # Nothing lost or changed...
     assert table_snapshot("evaluation_runs", run_columns, "run_id")[: len(runs)] == runs
     assert table_snapshot("evaluation_metrics", metric_columns, "run_id, metric, class_label")[: len(metrics)] == (
@@ -128,6 +129,8 @@ def test_upgrade_keeps_every_run_and_metric_and_evaluates_the_new_pairs(release:
     assert evaluations[("digits-mlp-good", "digits")]["verdict"] == "pass"
     assert evaluations[("digits-mlp-undertrained", "digits")]["verdict"] == "fail"
     assert evaluations[("breast-cancer-mlp", "breast_cancer_table")]["status"] == "succeeded"
+    scored = superuser_sql("SELECT status, rows_scored FROM ckpt_eval.scoring_runs").split()
+    assert scored == ["done|143"], "the scoring demo ran after the upgrade"
 
     again = ansible_playbook("playbooks/deploy.yml")
     assert again.returncode == 0, again.output[-5000:]
