@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ckpt_eval.db.sql import REQUIRED_SCHEMA_VERSION
 from tests.support.deployment import APP_PASSWORD, REPO, Deployment, new_deployment
 from tests.support.pgcluster import PgCluster
 
@@ -58,7 +59,11 @@ def sequence_privileges(deployment: Deployment) -> dict[str, list[str]]:
 )
 def test_app_role_works_without_any_sequence_privilege(deployment: Deployment, figure) -> None:
     held = sequence_privileges(deployment)
-    assert set(held) == {"checkpoints_checkpoint_id_seq", "evaluation_runs_run_id_seq"}
+    assert set(held) == {
+        "checkpoints_checkpoint_id_seq",
+        "evaluation_runs_run_id_seq",
+        "scoring_runs_scoring_run_id_seq",
+    }
     assert all(privileges == [] for privileges in held.values()), held
     run = deployment.ckpt_eval("run")
     assert run.returncode == 3, run.output
@@ -132,7 +137,7 @@ def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp
         conn.execute("UPDATE ckpt_eval.checkpoints SET status = 'done' WHERE name LIKE 'digits-mlp-%'")
     refused = old.ckpt_eval("run")
     assert refused.returncode == 78, refused.output
-    assert "schema version 1; this ckpt-eval needs 3" in refused.stderr
+    assert f"schema version 1; this ckpt-eval needs {REQUIRED_SCHEMA_VERSION}" in refused.stderr
     with old.superuser() as conn:
         before_runs = conn.execute("SELECT * FROM ckpt_eval.evaluation_runs ORDER BY run_id").fetchall()
         before_metrics = conn.execute("SELECT * FROM ckpt_eval.evaluation_metrics ORDER BY 1, 2, 3").fetchall()
@@ -147,7 +152,7 @@ def test_migration_from_schema_version_1_keeps_every_run(cluster: PgCluster, tmp
         assert [row[: len(before_runs[0])] for row in kept] == before_runs
         assert conn.execute("SELECT * FROM ckpt_eval.evaluation_metrics ORDER BY 1, 2, 3").fetchall() == before_metrics
         versions = [v for (v,) in conn.execute("SELECT version FROM ckpt_eval.schema_version ORDER BY 1")]
-    assert versions == [1, 2, 3]
+    assert versions == list(range(1, REQUIRED_SCHEMA_VERSION + 1))
     assert all(privileges == [] for privileges in sequence_privileges(old).values())
     rerun = old.ckpt_eval("run", "--force")
     assert rerun.returncode == 3, rerun.output  # the undertrained demo fails its gate, 'nohash' fails to load
