@@ -31,12 +31,11 @@ from . import sql
 from .copy_out import copy_out
 from .errors import is_lost_race, server_message
 from .repository import Repository, compare_and_set, lease_params
-from .table_reader import _dataset_error, grant_advice
+from .table_reader import dataset_error, fill_identifiers, grant_advice
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_IDENTIFIER_SLOTS = ("input", "output", "key", "features")
 _INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer"}  # pg_type OIDs of int8, int2, int4
 
 
@@ -132,9 +131,8 @@ def _job(row: dict[str, Any]) -> ScoringJob:
 def _statement(template: str, job: ScoringJob) -> pgsql.Composed:
     """``template`` with its identifier slots filled from ``job``, every name quoted by psycopg."""
     assert job.source is not None
-    for slot in _IDENTIFIER_SLOTS:
-        template = template.replace(f"%({slot})s", f"{{{slot}}}")
-    return pgsql.SQL(template).format(  # type: ignore[arg-type]
+    return fill_identifiers(
+        template,
         input=pgsql.Identifier(*split_table_name(job.source)),
         output=pgsql.Identifier(job.output_schema, job.output_table),
         key=pgsql.Identifier(job.key_column),
@@ -148,6 +146,10 @@ class _Fenced(Exception):
 
 class ScoringRepository(Repository):
     """Repository plus the statements of batch scoring (same connection, retries and error translation)."""
+
+    @property
+    def _statement_timeout_ms(self) -> int:
+        return int(self._connect_options.get("statement_timeout_ms", 0))
 
     # -- jobs and runs ---------------------------------------------------------------------------
     def scoring_job(self, name: str) -> ScoringJob | None:
@@ -203,7 +205,7 @@ class ScoringRepository(Repository):
                 cursor = conn.execute(_statement(template, job), params or {})
                 return cursor.description, cursor.fetchall()
             except psycopg.Error as exc:
-                known = _dataset_error(exc, job.source or "", self._creds.user, 0)
+                known = dataset_error(exc, job.source or "", self._creds.user, self._statement_timeout_ms)
                 if known is not None:
                     raise known from None
                 raise
@@ -381,8 +383,8 @@ class ScoringRepository(Repository):
                     with closing(copy_out(conn, query.encode(conn.info.encoding))) as blocks:
                         return consume(blocks)
             except psycopg.Error as exc:
-                known = _dataset_error(exc, job.source or "", self._creds.user, 0)
-                if known is not None and (exc.sqlstate or "") != "57014":
+                known = dataset_error(exc, job.source or "", self._creds.user, self._statement_timeout_ms)
+                if known is not None:
                     raise known from None
                 raise
 

@@ -27,10 +27,20 @@ from . import sql
 from .errors import Transient, server_message, translate
 
 
+def fill_identifiers(template: str, **slots: pgsql.Composable) -> pgsql.Composed:
+    """``template`` (from sql.py) with its %(name)s identifier slots filled by psycopg-quoted names.
+
+    Only the named slots are filled; any other %(name)s stays a bind parameter.
+    """
+    for name in slots:
+        template = template.replace(f"%({name})s", f"{{{name}}}")
+    return pgsql.SQL(template).format(**slots)  # type: ignore[arg-type]
+
+
 def copy_statement(source: str, columns: Sequence[str]) -> pgsql.Composed:
     """COPY_TABLE_CSV with its identifier slots filled: every name quoted by psycopg."""
-    template = sql.COPY_TABLE_CSV.replace("%(columns)s", "{columns}").replace("%(table)s", "{table}")
-    return pgsql.SQL(template).format(  # type: ignore[arg-type]
+    return fill_identifiers(
+        sql.COPY_TABLE_CSV,
         columns=pgsql.SQL(", ").join(pgsql.Identifier(column) for column in columns),
         table=pgsql.Identifier(*split_table_name(source)),
     )
@@ -46,7 +56,7 @@ def grant_advice(source: str, role: str) -> str:
     return advice
 
 
-def _dataset_error(exc: psycopg.Error, source: str, role: str, timeout_ms: int) -> CkptEvalError | None:
+def dataset_error(exc: psycopg.Error, source: str, role: str, timeout_ms: int) -> CkptEvalError | None:
     state = exc.sqlstate or ""
     table = f"table {quoted(source, 120)}"
     detail = server_message(exc)
@@ -92,7 +102,7 @@ def open_table_reader(connect: Callable[[], psycopg.Connection], *, timeout_ms: 
                 with connection.cursor() as cursor, cursor.copy(statement) as copy:
                     yield (bytes(block) for block in copy)
         except psycopg.Error as exc:
-            known = _dataset_error(exc, source, role, timeout_ms)
+            known = dataset_error(exc, source, role, timeout_ms)
             if known is not None:
                 raise known from None
             translated = translate(exc, f"reading table {quoted(source, 120)}", role)
