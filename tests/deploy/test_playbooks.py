@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LOCAL_INVENTORY = "inventories/local/hosts.yml"
 PRODUCTION_INVENTORY = "inventories/production/hosts.yml"
+LOCAL_POSTGRES = ("15", "main")  # the greenplum role's greenplum_postgres_version and _cluster defaults
 DEMO_PASSWORD_FILE = REPO / "inventories" / "local" / "vault-password"
 PLAYBOOKS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "playbooks").glob("*.yml"))
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -86,6 +88,25 @@ def ansible_playbook(
         for host, ok, changed, unreachable, failed in RECAP.findall(output)
     }
     return PlaybookRun(completed.returncode, output, recap)
+
+
+def drop_the_deployed_database() -> None:
+    """A first deployment, whatever an earlier one on this machine left: the cluster of the local
+    inventory may exist but be stopped (nothing restarts it on a machine without systemd), and a
+    DROP sent to a stopped server silently dropped nothing, so the deploy reused the old database."""
+    if shutil.which("pg_lsclusters") is None:
+        return  # PostgreSQL is not installed yet: the deploy starts from nothing
+    listed = subprocess.run(
+        ["pg_lsclusters", "--no-header", LOCAL_POSTGRES[0], LOCAL_POSTGRES[1]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode != 0 or not listed.stdout.strip():
+        return  # no cluster yet
+    if "online" not in listed.stdout:
+        subprocess.run(["pg_ctlcluster", *LOCAL_POSTGRES, "start"], capture_output=True, check=True)
+    superuser_sql("DROP DATABASE IF EXISTS ckpt_eval WITH (FORCE)", dbname="postgres")
 
 
 def superuser_sql(query: str, dbname: str = "ckpt_eval") -> str:
@@ -204,11 +225,7 @@ def first_deploy() -> PlaybookRun:
         pytest.skip("the local deployment runs as root")
     # A fresh database, whatever an earlier deployment on this machine left in it (a failed pair
     # stays failed across deploys, as it should): the tests below describe a first deployment.
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-c", "DROP DATABASE IF EXISTS ckpt_eval"],
-        capture_output=True,
-        check=False,
-    )
+    drop_the_deployed_database()
     return ansible_playbook("-vv", "playbooks/deploy.yml")
 
 

@@ -26,6 +26,7 @@ from tests.deploy.test_playbooks import (
     REPO,
     PlaybookRun,
     ansible_playbook,
+    drop_the_deployed_database,
     environment,
     latest_evaluations,
     pair_runs,
@@ -83,11 +84,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(root, filter="data")
     # The machine as the release left it: no v3 database, no newer sources in the install directory.
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-c", "DROP DATABASE IF EXISTS ckpt_eval"],
-        capture_output=True,
-        check=False,
-    )
+    drop_the_deployed_database()
     shutil.rmtree("/opt/ckpt-eval/src", ignore_errors=True)
     return root
 
