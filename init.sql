@@ -353,9 +353,14 @@ LEFT JOIN (
 -- for each job of its configuration; an operator may call it with psql). Safe to call again: the
 -- table and view are made when missing, the job's definition is updated (never its active run). The
 -- input dataset may be registered later (ckpt-eval dataset add); `ckpt-eval score` checks it.
--- The output holds one row per (row key, scoring run): exactly-once is enforced by the chunk fence,
--- and the primary key (which holds the distribution key, the row key, so the join back to the input
--- is co-located on Greenplum) turns any defect into a failed chunk rather than a duplicate.
+-- The output holds one row per (row key, scoring run): exactly-once is enforced by the chunk fence
+-- (the transaction that writes a chunk's rows first updates its chunk, fenced by the lease token).
+-- Each row holds only what cannot be derived, because the server's work per field and per index
+-- entry is what a COPY costs: no checkpoint name (the view joins it), and for two classes only the
+-- positive class's probability (the view shows both). The row key is indexed by BRIN on PostgreSQL
+-- (predictions arrive in key order, chunk by chunk: a few pages of index, next to nothing to
+-- maintain) and by a B-tree on Greenplum 6, which has no BRIN; the table is distributed by the row key
+-- on Greenplum, so the join back to the input is co-located.
 CREATE OR REPLACE FUNCTION ckpt_eval.create_scoring_job(
     job_name text, checkpoint text, input_dataset text, key_column text,
     output_schema text, output_table text, chunk_rows integer DEFAULT 50000, allow_ungated boolean DEFAULT false)
@@ -373,22 +378,29 @@ BEGIN
         row_key               bigint NOT NULL,
         scoring_run_id        bigint NOT NULL,
         checkpoint_id         bigint NOT NULL,
-        checkpoint_name       text NOT NULL,
         predicted_index       integer NOT NULL,
         predicted_class       text,
-        probabilities         double precision[] NOT NULL,
+        probabilities         double precision[],
         positive_probability  double precision,
-        scored_at             timestamptz NOT NULL,
-        PRIMARY KEY (row_key, scoring_run_id)
+        scored_at             timestamptz NOT NULL
     )', output_schema, output_table) || CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (row_key)' ELSE '' END;
+    -- CREATE INDEX IF NOT EXISTS does not exist on Greenplum 6; the server names the index.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = format('%I.%I', output_schema, output_table)::regclass) THEN
+        EXECUTE format('CREATE INDEX ON %I.%I USING %s (row_key)', output_schema, output_table,
+                       CASE WHEN is_greenplum THEN 'btree' ELSE 'brin' END);
+    END IF;
     -- The latest prediction of each (row, checkpoint): what analysts join to the input.
     EXECUTE format('CREATE OR REPLACE VIEW %I.%I AS
-        SELECT row_key, checkpoint_id, checkpoint_name, scoring_run_id, predicted_index, predicted_class,
-               probabilities, positive_probability, scored_at
+        SELECT ranked.row_key, ranked.checkpoint_id, c.name AS checkpoint_name, ranked.scoring_run_id,
+               ranked.predicted_index, ranked.predicted_class,
+               coalesce(ranked.probabilities,
+                        ARRAY[1 - ranked.positive_probability, ranked.positive_probability]) AS probabilities,
+               ranked.positive_probability, ranked.scored_at
         FROM (SELECT p.*, row_number() OVER (PARTITION BY p.row_key, p.checkpoint_id
                                              ORDER BY p.scoring_run_id DESC) AS recency
               FROM %I.%I p) ranked
-        WHERE recency = 1', output_schema, output_table || '_latest', output_schema, output_table);
+        LEFT JOIN ckpt_eval.checkpoints c ON c.checkpoint_id = ranked.checkpoint_id
+        WHERE ranked.recency = 1', output_schema, output_table || '_latest', output_schema, output_table);
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO ckpt_eval_app', output_schema);
     EXECUTE format('GRANT SELECT, INSERT ON %I.%I TO ckpt_eval_app', output_schema, output_table);
     EXECUTE format('GRANT SELECT ON %I.%I TO ckpt_eval_app', output_schema, output_table || '_latest');

@@ -99,8 +99,8 @@ def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float
     """Seconds to write ``rows`` prediction rows by COPY (the app's binary stream, built column-wise) and by
     executemany INSERT of the same values, one transaction each, as the app role."""
     columns = (
-        "row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class, "
-        "probabilities, positive_probability, scored_at"
+        "row_key, scoring_run_id, checkpoint_id, predicted_index, predicted_class, probabilities, "
+        "positive_probability, scored_at"
     )
     rng = np.random.default_rng(0)
     positive = rng.random(rows)
@@ -114,15 +114,15 @@ def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float
         predictions = Predictions(keys=[keys], indices=[indices], probabilities=[probabilities])
         statement = f"COPY lab.{table} ({columns}) FROM STDIN WITH (FORMAT binary)"
         with conn.transaction(), conn.cursor() as cur, cur.copy(statement) as copy:
-            for block in copy_blocks(predictions, run_id, checkpoint_id, CHECKPOINT, CLASSES, now):
+            for block in copy_blocks(predictions, run_id, checkpoint_id, CLASSES, now):
                 copy.write(block)
         copy_seconds = time.perf_counter() - started
         started = time.perf_counter()
         values = [
-            (key + rows, run_id, checkpoint_id, CHECKPOINT, index, CLASSES[index], probs, probs[1], now)
+            (key + rows, run_id, checkpoint_id, index, CLASSES[index], None, probs[1], now)
             for key, index, probs in zip(keys.tolist(), indices.tolist(), probabilities.tolist(), strict=True)
-        ]
-        insert = f"INSERT INTO lab.{table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        ]  # the same values as the COPY's: two classes, so the positive probability only
+        insert = f"INSERT INTO lab.{table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(insert, values)
         insert_seconds = time.perf_counter() - started

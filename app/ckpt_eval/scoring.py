@@ -230,8 +230,8 @@ def score_blocks(
 
 
 def copy_blocks(
-    predictions: Predictions, scoring_run_id: int, checkpoint_id: int, checkpoint_name: str,
-    class_names: tuple[str, ...] | None, scored_at: datetime,
+    predictions: Predictions, scoring_run_id: int, checkpoint_id: int, class_names: tuple[str, ...] | None,
+    scored_at: datetime,
 ) -> Iterator[bytes]:  # fmt: skip
     """A chunk's predictions as one binary COPY stream: the signature, a block per piece, the trailer."""
     yield SIGNATURE
@@ -240,7 +240,7 @@ def copy_blocks(
     ):
         yield prediction_tuples(
             keys, indices, probabilities, scoring_run_id=scoring_run_id, checkpoint_id=checkpoint_id,
-            checkpoint_name=checkpoint_name, class_names=class_names, scored_at=scored_at,
+            class_names=class_names, scored_at=scored_at,
         )  # fmt: skip
     yield TRAILER
 
@@ -475,7 +475,7 @@ class Scorer:
                     chunk,
                     failed=error is not None,
                     data=lambda now: copy_blocks(
-                        predictions, chunk.scoring_run_id, job.checkpoint_id or 0, job.checkpoint_name, class_names, now
+                        predictions, chunk.scoring_run_id, job.checkpoint_id or 0, class_names, now
                     ),
                     rows_scored=predictions.count,
                     rows_skipped=predictions.skipped,

@@ -94,10 +94,20 @@ def score(deployment: Deployment, *args: str, job: str = JOB):  # type: ignore[n
 
 
 def predictions(deployment: Deployment, table: str = "lab.patient_predictions") -> list[tuple]:
+    """The output table's rows as stored (a binary model's rows hold no probability array)."""
+    with deployment.superuser() as conn:
+        return conn.execute(
+            f"SELECT row_key, scoring_run_id, checkpoint_id, predicted_index, predicted_class, probabilities, "
+            f"positive_probability FROM {table} ORDER BY scoring_run_id, row_key"
+        ).fetchall()
+
+
+def latest(deployment: Deployment, view: str = "lab.patient_predictions_latest") -> list[tuple]:
+    """What analysts join to the input: the view of each row's latest prediction."""
     with deployment.superuser() as conn:
         return conn.execute(
             f"SELECT row_key, scoring_run_id, checkpoint_name, predicted_index, predicted_class, probabilities, "
-            f"positive_probability FROM {table} ORDER BY scoring_run_id, row_key"
+            f"positive_probability FROM {view} ORDER BY row_key"
         ).fetchall()
 
 
@@ -118,8 +128,11 @@ def test_predictions_equal_an_independent_forward_pass(db: Deployment) -> None:
     assert summary["run_status"] == "done"
     written = predictions(db)
     assert [row[0] for row in written] == list(range(569))
+    assert {row[5] for row in written} == {None}, "two classes: only the positive probability is stored"
+    shown = latest(db)
+    assert [(r[0], r[1], r[3], r[4], r[6]) for r in written] == [(r[0], r[1], r[3], r[4], r[6]) for r in shown]
     expected = reference_probabilities(load_breast_cancer().data)
-    for key, _, name, index, label, probabilities, positive in written:
+    for key, _, name, index, label, probabilities, positive in shown:
         assert name == CHECKPOINT
         np.testing.assert_allclose(probabilities, expected[key], rtol=1e-5, atol=1e-6)
         assert index == int(np.argmax(expected[key]))
@@ -284,7 +297,7 @@ def test_a_chunk_whose_lease_was_taken_over_writes_nothing(db: Deployment) -> No
         one = Predictions(keys=[np.array([0])], indices=[np.array([1])], probabilities=[np.array([[0.1, 0.9]])])
 
         def data(now: datetime) -> Iterator[bytes]:
-            return copy_blocks(one, run_id, job.checkpoint_id or 0, CHECKPOINT, ("malignant", "benign"), now)
+            return copy_blocks(one, run_id, job.checkpoint_id or 0, ("malignant", "benign"), now)
 
         assert not first.finish_chunk(job, chunk, failed=False, data=data, rows_scored=1, rows_skipped=0, error=None)
         assert predictions(db) == []

@@ -406,16 +406,21 @@ WHERE scoring_run_id = %(run)s AND status = 'running'
 
 # A chunk's input rows, in key order; the rows already scored by the checkpoint are left out (unless
 # rescoring), so a chunk planned before some of its rows were scored elsewhere scores only the rest.
-SCORING_READ_CHUNK = f"""
+# The output's key range is spelled out: the planner does not carry it across the anti-join, and the
+# output's row_key index (BRIN on PostgreSQL) then reads only the chunk's part of the output.
+SCORING_READ_CHUNK = """
 COPY (SELECT i.%(key)s, %(features)s FROM %(input)s i
-      WHERE i.%(key)s BETWEEN %(low)s AND %(high)s AND {_NOT_YET_SCORED}
+      WHERE i.%(key)s BETWEEN %(low)s AND %(high)s
+        AND (%(rescore)s OR NOT EXISTS (SELECT 1 FROM %(output)s o
+                                        WHERE o.row_key BETWEEN %(low)s AND %(high)s
+                                          AND o.row_key = i.%(key)s AND o.checkpoint_id = %(checkpoint_id)s))
       ORDER BY i.%(key)s) TO STDOUT WITH (FORMAT csv)
 """
 
 # In binary: the rows come from copy_format.py, built column-wise (the column order is its layout's).
 SCORING_WRITE = """
-COPY %(output)s (row_key, scoring_run_id, checkpoint_id, checkpoint_name, predicted_index, predicted_class,
-               probabilities, positive_probability, scored_at) FROM STDIN WITH (FORMAT binary)
+COPY %(output)s (row_key, scoring_run_id, checkpoint_id, predicted_index, predicted_class, probabilities,
+               positive_probability, scored_at) FROM STDIN WITH (FORMAT binary)
 """
 
 # How a run's predictions split over the classes (the summary of `ckpt-eval score-runs`).
