@@ -1,5 +1,5 @@
 -- ckpt-eval schema and registry of the shipped demo checkpoints.
--- ckpt-eval schema version: 4   (the deployment applies this file only when this number is newer
+-- ckpt-eval schema version: 5   (the deployment applies this file only when this number is newer
 --                                than the highest row of ckpt_eval.schema_version; keep both in step)
 --
 -- Apply as a superuser to the database ckpt_eval:
@@ -54,6 +54,8 @@ DECLARE
     distributed_by_version text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (version)' ELSE '' END;
     distributed_by_pair text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (checkpoint_name, dataset)' ELSE '' END;
     distributed_by_scoring_run text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (scoring_run_id)' ELSE '' END;
+    distributed_by_promotion text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (promotion_id)' ELSE '' END;
+    distributed_by_gate text := CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (gate_id)' ELSE '' END;
 BEGIN
     EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.schema_version (
         version     integer PRIMARY KEY,
@@ -238,6 +240,39 @@ BEGIN
     -- Version 3: a checkpoint may be registered for several datasets (ckpt_eval.evaluations); its own
     -- dataset column keeps the one it was registered with, so rows inserted the version-2 way still work.
     EXECUTE 'ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN dataset DROP NOT NULL';
+
+    -- Version 5: champions and gates. A promotion makes a checkpoint its dataset's champion; the
+    -- latest promotion of a dataset is the current one (ckpt_eval.current_champions), the earlier ones
+    -- are its history. Nothing is ever updated or deleted.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.champions (
+        promotion_id     bigserial PRIMARY KEY,
+        dataset          text NOT NULL,
+        checkpoint_name  text NOT NULL,
+        checkpoint_id    bigint NOT NULL,
+        promoted_by      text NOT NULL CHECK (length(promoted_by) BETWEEN 1 AND 300),
+        promoted_at      timestamptz NOT NULL DEFAULT now(),
+        reason           text CHECK (length(reason) <= 2000)
+    )' || distributed_by_promotion;
+    -- A gate: the rules (JSON, see gates.py) of one checkpoint or of one dataset; the latest gate of a
+    -- scope is the one in force, the earlier ones its history.
+    EXECUTE 'CREATE TABLE IF NOT EXISTS ckpt_eval.gates (
+        gate_id          bigserial PRIMARY KEY,
+        checkpoint_name  text,
+        dataset          text,
+        rules            text NOT NULL CHECK (length(rules) <= 20000),
+        created_by       text NOT NULL CHECK (length(created_by) BETWEEN 1 AND 300),
+        created_at       timestamptz NOT NULL DEFAULT now(),
+        CHECK ((checkpoint_name IS NULL) <> (dataset IS NULL))
+    )' || distributed_by_gate;
+    -- Version 5: a run records every gate rule with the values compared (JSON), why change rules were
+    -- skipped, and a binary task's ROC and precision-recall curves (JSON, at most 201 points each).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                   WHERE attrelid = 'ckpt_eval.evaluation_runs'::regclass AND attname = 'gate_results'
+                     AND NOT attisdropped) THEN
+        EXECUTE 'ALTER TABLE ckpt_eval.evaluation_runs ADD COLUMN gate_results text';
+        EXECUTE 'ALTER TABLE ckpt_eval.evaluation_runs ADD COLUMN gate_note text';
+        EXECUTE 'ALTER TABLE ckpt_eval.evaluation_runs ADD COLUMN curves text';
+    END IF;
 END
 $tables$;
 
@@ -253,6 +288,14 @@ CREATE OR REPLACE FUNCTION ckpt_eval.next_run_id() RETURNS bigint
 CREATE OR REPLACE FUNCTION ckpt_eval.next_scoring_run_id() RETURNS bigint
     LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
     AS $body$ SELECT nextval('ckpt_eval.scoring_runs_scoring_run_id_seq'::regclass) $body$;
+CREATE OR REPLACE FUNCTION ckpt_eval.next_promotion_id() RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+    AS $body$ SELECT nextval('ckpt_eval.champions_promotion_id_seq'::regclass) $body$;
+CREATE OR REPLACE FUNCTION ckpt_eval.next_gate_id() RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog
+    AS $body$ SELECT nextval('ckpt_eval.gates_gate_id_seq'::regclass) $body$;
+ALTER TABLE ckpt_eval.champions ALTER COLUMN promotion_id SET DEFAULT ckpt_eval.next_promotion_id();
+ALTER TABLE ckpt_eval.gates ALTER COLUMN gate_id SET DEFAULT ckpt_eval.next_gate_id();
 ALTER TABLE ckpt_eval.checkpoints ALTER COLUMN checkpoint_id SET DEFAULT ckpt_eval.next_checkpoint_id();
 ALTER TABLE ckpt_eval.scoring_runs ALTER COLUMN scoring_run_id SET DEFAULT ckpt_eval.next_scoring_run_id();
 ALTER TABLE ckpt_eval.evaluation_runs ALTER COLUMN run_id SET DEFAULT ckpt_eval.next_run_id();
@@ -349,6 +392,13 @@ LEFT JOIN (
     GROUP BY run_id
 ) m ON m.run_id = r.run_id;
 
+-- Version 5: each dataset's current champion (its latest promotion).
+CREATE OR REPLACE VIEW ckpt_eval.current_champions AS
+SELECT promotion_id, dataset, checkpoint_name, checkpoint_id, promoted_by, promoted_at, reason
+FROM (SELECT p.*, row_number() OVER (PARTITION BY p.dataset ORDER BY p.promotion_id DESC) AS recency
+      FROM ckpt_eval.champions p) ranked
+WHERE recency = 1;
+
 -- Version 4: a scoring job and its output table, made by the schema owner (the deployment calls this
 -- for each job of its configuration; an operator may call it with psql). Safe to call again: the
 -- table and view are made when missing, the job's definition is updated (never its active run). The
@@ -443,7 +493,8 @@ GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, reque
 REVOKE INSERT ON ckpt_eval.evaluation_runs FROM ckpt_eval_app;
 GRANT INSERT (checkpoint_id, checkpoint_name, attempt, dataset, dataset_sha256, checkpoint_sha256, status, verdict,
               verdict_reasons, error, started_at, finished_at, duration_seconds, n_samples, worker_host, worker_pid,
-              app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version)
+              app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version,
+              gate_results, gate_note, curves)
     ON ckpt_eval.evaluation_runs TO ckpt_eval_app;
 GRANT INSERT ON ckpt_eval.evaluation_metrics TO ckpt_eval_app;
 -- Version 4, scoring: read the jobs, share a job's run (compare-and-set of active_run), record runs
@@ -459,13 +510,19 @@ GRANT INSERT (scoring_run_id, chunk_no, low_key, high_key, planned_rows, updated
     ON ckpt_eval.scoring_chunks TO ckpt_eval_app;
 GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, rows_scored, rows_skipped, error, updated_at)
     ON ckpt_eval.scoring_chunks TO ckpt_eval_app;
+-- Version 5: read champions and gates; set gates (like registering a checkpoint with its thresholds).
+-- Promoting is the owner's, unless the deployment lets the app role (greenplum_app_may_promote grants
+-- INSERT on ckpt_eval.champions; this file never does, so re-applying it keeps the deployment's choice).
+GRANT SELECT ON ckpt_eval.champions, ckpt_eval.current_champions, ckpt_eval.gates TO ckpt_eval_app;
+GRANT INSERT (checkpoint_name, dataset, rules, created_by) ON ckpt_eval.gates TO ckpt_eval_app;
 -- Keys only through the owner's functions: no privilege on any sequence (version 1 granted USAGE).
 REVOKE ALL ON SEQUENCE ckpt_eval.checkpoints_checkpoint_id_seq, ckpt_eval.evaluation_runs_run_id_seq,
-    ckpt_eval.scoring_runs_scoring_run_id_seq FROM ckpt_eval_app, PUBLIC;
-REVOKE ALL ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id(), ckpt_eval.next_scoring_run_id()
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id(), ckpt_eval.next_scoring_run_id()
-    TO ckpt_eval_app;
+    ckpt_eval.scoring_runs_scoring_run_id_seq, ckpt_eval.champions_promotion_id_seq,
+    ckpt_eval.gates_gate_id_seq FROM ckpt_eval_app, PUBLIC;
+REVOKE ALL ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id(), ckpt_eval.next_scoring_run_id(),
+    ckpt_eval.next_promotion_id(), ckpt_eval.next_gate_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ckpt_eval.next_checkpoint_id(), ckpt_eval.next_run_id(), ckpt_eval.next_scoring_run_id(),
+    ckpt_eval.next_promotion_id(), ckpt_eval.next_gate_id() TO ckpt_eval_app;
 
 -- Demo checkpoints shipped in checkpoints/ (trained by `ckpt-eval train` on digits, fixed seeds).
 INSERT INTO ckpt_eval.checkpoints (name, path, arch, dataset, sha256)
@@ -491,5 +548,7 @@ INSERT INTO ckpt_eval.schema_version (version)
 SELECT 3 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 3);
 INSERT INTO ckpt_eval.schema_version (version)
 SELECT 4 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 4);
+INSERT INTO ckpt_eval.schema_version (version)
+SELECT 5 WHERE NOT EXISTS (SELECT 1 FROM ckpt_eval.schema_version WHERE version = 5);
 
 RESET ROLE;

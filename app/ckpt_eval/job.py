@@ -272,7 +272,10 @@ class Job:
         heartbeat_repo = self.heartbeat_repository()
         try:
             with Heartbeat(heartbeat_repo, claims, lease, interval) as beat:
-                batches = evaluate_group(claims, self.settings, self.worker, beat.is_lost, self.parser, self.read_table)
+                gates = self.repository.pair_gates(claims)
+                batches = evaluate_group(
+                    claims, self.settings, self.worker, beat.is_lost, self.parser, self.read_table, gates
+                )
                 for batch in batches:
                     for claim, _ in batch:
                         beat.finished(claim)

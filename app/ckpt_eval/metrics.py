@@ -12,8 +12,9 @@ class name) is the positive class, as scikit-learn's default ``pos_label=1``.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,6 +35,22 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
             raise ValueError(f"{name} {bad} is outside 0..{num_classes - 1}")
     flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Points of a curve in order: ROC (x false positive rate, y true positive rate) or precision-recall
+    (x recall, y precision). Stored with the run (a few KB of JSON), so a report can draw it later."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def as_json(self) -> dict[str, list[float]]:
+        return {"x": list(self.x), "y": list(self.y)}
+
+
+def _rounded(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(round(float(v), 6) for v in values)
 
 
 class BinaryScores:
@@ -99,6 +116,23 @@ class BinaryScores:
         doubled = 2 * int(np.dot(positives, below)) + int(np.dot(positives, negatives))
         return doubled / (2 * p * n)
 
+    def curves(self, max_points: int = 200) -> tuple[Curve, Curve] | None:
+        """The ROC and precision-recall curves at up to ``max_points`` thresholds (the histogram's
+        non-empty bins, evenly thinned), what a report draws; None when a class is missing."""
+        positives, negatives = self._split()
+        p, n = int(positives.sum()), int(negatives.sum())
+        if p == 0 or n == 0 or self._non_finite:
+            return None
+        occupied = np.flatnonzero(positives + negatives)[::-1]  # thresholds from the highest score down
+        true_positives = np.cumsum(positives[occupied])
+        false_positives = np.cumsum(negatives[occupied])
+        keep = np.unique(np.linspace(0, len(occupied) - 1, min(max_points, len(occupied))).round().astype(np.int64))
+        tpr, fpr = true_positives[keep] / p, false_positives[keep] / n
+        precision = true_positives[keep] / (true_positives[keep] + false_positives[keep])
+        roc = Curve((0.0, *_rounded(fpr)), (0.0, *_rounded(tpr)))
+        pr = Curve((0.0, *_rounded(tpr)), (1.0, *_rounded(precision)))
+        return roc, pr
+
     def auc_error_bound(self) -> float:
         positives, negatives = self._split()
         p, n = int(positives.sum()), int(negatives.sum())
@@ -133,10 +167,12 @@ class MetricAccumulator:
     def result(self) -> Metrics:
         if self._count == 0:
             raise ValueError("no samples were evaluated")
-        roc_auc = log_loss = None
+        roc_auc = log_loss = curves = None
         if self._binary is not None and self._scored == self._count:
             roc_auc, log_loss = self._binary.roc_auc(), self._binary.log_loss()
-        return metrics_from_confusion(self._confusion, self._loss_sum, roc_auc=roc_auc, log_loss=log_loss)
+            curves = self._binary.curves()
+        metrics = metrics_from_confusion(self._confusion, self._loss_sum, roc_auc=roc_auc, log_loss=log_loss)
+        return metrics if curves is None else replace(metrics, roc_curve=curves[0], pr_curve=curves[1])
 
 
 @dataclass(frozen=True)
@@ -161,6 +197,17 @@ class Metrics:
     confusion: tuple[tuple[int, ...], ...]
     roc_auc: float | None = None  # binary tasks only (None: one class present, or not binary)
     log_loss: float | None = None  # binary tasks only
+    roc_curve: Curve | None = None  # binary tasks only
+    pr_curve: Curve | None = None  # binary tasks only
+
+    def overall(self) -> dict[str, float]:
+        """The overall metrics by name (what gate rules compare)."""
+        return {metric: value for metric, label, value in self.rows() if label == OVERALL}
+
+    def curves_json(self) -> str | None:
+        if self.roc_curve is None or self.pr_curve is None:
+            return None
+        return json.dumps({"roc": self.roc_curve.as_json(), "pr": self.pr_curve.as_json()}, separators=(",", ":"))
 
     def rows(self) -> list[tuple[str, str, float]]:
         """(metric, class_label, value) rows for the metrics table; class_label '' is overall."""
@@ -260,16 +307,9 @@ class Verdict:
 
 
 def apply_gate(metrics: Metrics, gate: Gate) -> Verdict:
-    """A metric that is NaN, infinite, or below its threshold fails the gate."""
-    reasons = []
-    if not math.isfinite(metrics.loss):
-        reasons.append(f"loss is {metrics.loss}")
-    for name, value, threshold in (
-        ("accuracy", metrics.accuracy, gate.min_accuracy),
-        ("f1_macro", metrics.f1_macro, gate.min_f1_macro),
-    ):
-        if not math.isfinite(value):
-            reasons.append(f"{name} is {value}")
-        elif value < threshold:
-            reasons.append(f"{name} {value:.4f} < {threshold:g}")
-    return Verdict(not reasons, tuple(reasons))
+    """The checkpoint's two threshold columns alone (gates.apply_rules with their default rules): a metric
+    that is NaN, infinite, or below its threshold fails, and so does a loss that is not finite."""
+    from .gates import PairGate, apply_rules, default_rules
+
+    outcome = apply_rules(metrics.overall(), PairGate(default_rules(gate.min_accuracy, gate.min_f1_macro)), None)
+    return Verdict(outcome.passed, outcome.reasons)

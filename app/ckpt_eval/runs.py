@@ -32,8 +32,9 @@ from .config import Settings, Worker
 from .datasets import IN_MEMORY_KINDS, DatasetDefinition, EvaluationData, TableReader, check_compatible, open_dataset
 from .db.repository import ClaimedCheckpoint, RunRecord
 from .errors import CkptEvalError, DatasetError, EvaluationAborted
+from .gates import PairGate, apply_rules, default_rules, results_to_json
 from .isolation import CheckpointParser
-from .metrics import Gate, Metrics, apply_gate
+from .metrics import Gate, Metrics
 from .text import printable, quoted
 
 if TYPE_CHECKING:
@@ -88,8 +89,9 @@ class _Attempt:
 class _Recorder:
     """Builds each pair's RunRecord from what the group shares and what is the pair's own."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, gates: Mapping[tuple[str, str], PairGate] | None = None) -> None:
         self.worker = worker
+        self.gates = gates or {}
         self.architecture: Architecture | None = None
         self.in_memory_version: str | None = None  # an in-memory dataset's version, known before any pass
 
@@ -109,16 +111,24 @@ class _Recorder:
         )
 
     def succeeded(self, attempt: _Attempt, metrics: Metrics) -> RunRecord:
-        verdict = apply_gate(metrics, self._gate(attempt.claim))
+        claim = attempt.claim
+        gate = self.gates.get((claim.name, claim.dataset)) or PairGate(
+            default_rules(claim.min_accuracy, claim.min_f1_macro), dataset=claim.dataset
+        )
+        common = self._common(attempt)
+        verdict = apply_rules(metrics.overall(), gate, common["dataset_sha256"])
         return RunRecord(
             status="succeeded",
             verdict=verdict.label,
-            verdict_reasons="; ".join(verdict.reasons) or None,
+            verdict_reasons=printable("; ".join(verdict.reasons), 4000) or None,
             error=None,
             n_samples=metrics.n_samples,
             confusion_matrix=json.dumps(metrics.confusion),
             metrics=metrics.rows(),
-            **self._common(attempt),
+            gate_results=results_to_json(verdict.results),
+            gate_note=verdict.note,
+            curves=metrics.curves_json(),
+            **common,
         )
 
     @staticmethod
@@ -159,8 +169,12 @@ def evaluate_group(
     is_lost: IsLost,
     parser: CheckpointParser,
     read_table: TableReader | None = None,
+    gates: Mapping[tuple[str, str], PairGate] | None = None,
 ) -> Iterator[ResultBatch]:
     """Each claimed pair with its RunRecord (None when its lease was lost), in batches as they are known.
+
+    ``gates`` holds each pair's gate (Repository.pair_gates); a pair missing from it is gated by its
+    checkpoint's two threshold columns alone.
 
     Pairs of different architectures or datasets make separate passes. ParserUnavailable (the
     parser cannot start at all) and interrupts are raised: they concern the job, not a pair.
@@ -169,7 +183,7 @@ def evaluate_group(
     for claim in claims:
         partitions.setdefault((claim.dataset, claim.arch), []).append(claim)
     for members in partitions.values():
-        yield from _evaluate_partition(members, settings, worker, is_lost, parser, read_table)
+        yield from _evaluate_partition(members, settings, worker, is_lost, parser, read_table, gates)
 
 
 def _evaluate_partition(
@@ -179,8 +193,9 @@ def _evaluate_partition(
     is_lost: IsLost,
     parser: CheckpointParser,
     read_table: TableReader | None,
+    gates: Mapping[tuple[str, str], PairGate] | None,
 ) -> Iterator[ResultBatch]:
-    recorder = _Recorder(worker)
+    recorder = _Recorder(worker, gates)
     first = claims[0]
     shared = recorder.start(first, is_lost)
     try:

@@ -63,6 +63,8 @@ def test_app_role_works_without_any_sequence_privilege(deployment: Deployment, f
         "checkpoints_checkpoint_id_seq",
         "evaluation_runs_run_id_seq",
         "scoring_runs_scoring_run_id_seq",
+        "champions_promotion_id_seq",
+        "gates_gate_id_seq",
     }
     assert all(privileges == [] for privileges in held.values()), held
     run = deployment.ckpt_eval("run")

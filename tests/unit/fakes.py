@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ckpt_eval.db.repository import Candidate, ClaimedCheckpoint, RunRecord
+from ckpt_eval.db.repository import Candidate, ClaimedCheckpoint, RunRecord, gates_for_claims
 from ckpt_eval.errors import LeaseLost, UsageError
+from ckpt_eval.gates import PairGate
 
 
 @dataclass
@@ -39,6 +40,8 @@ class FakeRepository:
     steal_on_finish: bool = False  # another worker takes every lease just before the finish
     closed: int = 0
     released: list[tuple[tuple[str, str], str]] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)  # ckpt_eval.gates rows, oldest first
+    promotions: list[dict[str, Any]] = field(default_factory=list)  # ckpt_eval.champions rows, oldest first
 
     # -- set-up helpers of the tests ---------------------------------------------------------------
     def add_checkpoint(self, name: str, path: str, arch: str, sha256: str, datasets: Sequence[str]) -> int:
@@ -53,6 +56,15 @@ class FakeRepository:
 
     def add_dataset_row(self, name: str, kind: str, **fields: Any) -> None:
         self.datasets_by_name[name] = {"name": name, "kind": kind, "split": "test", **fields}
+
+    def add_gate(self, rules: str, checkpoint_name: str | None = None, dataset: str | None = None) -> None:
+        self.gates.append({"gate_id": len(self.gates) + 1, "checkpoint_name": checkpoint_name, "dataset": dataset,
+                           "rules": rules})  # fmt: skip
+
+    def promote(self, checkpoint_name: str, dataset: str) -> None:
+        self.promotions.append({"promotion_id": len(self.promotions) + 1, "dataset": dataset,
+                                "checkpoint_name": checkpoint_name,
+                                "checkpoint_id": self.checkpoints[checkpoint_name]["checkpoint_id"]})  # fmt: skip
 
     # -- the Repository interface the job uses -------------------------------------------------------
     def close(self) -> None:
@@ -139,6 +151,26 @@ class FakeRepository:
 
     def heartbeat(self, claim: ClaimedCheckpoint, lease_seconds: float) -> bool:
         return self.pairs[(claim.name, claim.dataset)].lease_token == claim.lease_token
+
+    def pair_gates(self, claims: Sequence[ClaimedCheckpoint]) -> dict[tuple[str, str], PairGate]:
+        """As the SQL: each scope's latest gate, each dataset's latest promotion, and the champion's latest
+        succeeded run per dataset version with its overall metrics."""
+        in_force = {(g["checkpoint_name"], g["dataset"]): g for g in self.gates}
+        champions = {p["dataset"]: p for p in self.promotions}
+        baselines = []
+        latest: dict[tuple[str, str], int] = {}
+        for run_id, (claim, record) in enumerate(self.runs, start=1):
+            champion = champions.get(claim.dataset)
+            if champion and champion["checkpoint_id"] == claim.checkpoint_id and record.status == "succeeded":
+                latest[(claim.dataset, record.dataset_sha256 or "")] = run_id
+        for (dataset, version), run_id in latest.items():
+            claim, record = self.runs[run_id - 1]
+            baselines += [
+                {"dataset": dataset, "dataset_sha256": version, "run_id": run_id, "checkpoint_name": claim.name,
+                 "metric": metric, "value": value}
+                for metric, label, value in record.metrics if label == ""
+            ]  # fmt: skip
+        return gates_for_claims(claims, list(in_force.values()), list(champions.values()), baselines)
 
     def finish_many(self, results: Sequence[tuple[ClaimedCheckpoint, RunRecord]]) -> list[int | LeaseLost]:
         written: list[int | LeaseLost] = []

@@ -19,7 +19,8 @@ from tenacity import RetryError
 
 from ..credentials import DbCredentials
 from ..errors import DatabaseUnavailable, LeaseLost, SchemaMismatch, UsageError
-from ..text import quoted
+from ..gates import Baseline, GateRule, GateSyntaxError, PairGate, default_rules, effective_rules, rules_from_json
+from ..text import printable, quoted
 from . import sql
 from .connection import RetryPolicy, connect
 from .errors import Transient, is_lost_race, server_message, translate
@@ -89,10 +90,62 @@ class RunRecord:
     metrics: Sequence[tuple[str, str, float]]
     arch_package: str | None = None
     arch_version: str | None = None
+    gate_results: str | None = None  # JSON: every gate requirement with the values compared (gates.py)
+    gate_note: str | None = None  # why the change rules were skipped, when they were
+    curves: str | None = None  # JSON: a binary task's ROC and precision-recall points
 
     @property
     def job_status(self) -> str:
         return "done" if self.status == "succeeded" else "failed"
+
+
+def gates_for_claims(
+    claims: Sequence[ClaimedCheckpoint],
+    gates: Sequence[Mapping[str, Any]],
+    champions: Sequence[Mapping[str, Any]],
+    baselines: Sequence[Mapping[str, Any]],
+) -> dict[tuple[str, str], PairGate]:
+    """Each pair's PairGate from the rows of GATES_IN_FORCE, CURRENT_CHAMPIONS and CHAMPION_BASELINES.
+    A stored gate that cannot be read fails the runs it applies to (a gate is never silently dropped)."""
+    by_checkpoint = {row["checkpoint_name"]: row for row in gates if row["checkpoint_name"] is not None}
+    by_dataset = {row["dataset"]: row for row in gates if row["dataset"] is not None}
+    champion_of = {row["dataset"]: row for row in champions}
+    runs: dict[str, dict[str, Baseline]] = {}
+    for row in baselines:
+        by_version = runs.setdefault(row["dataset"], {})
+        found = by_version.get(row["dataset_sha256"])
+        if found is None:
+            found = by_version[row["dataset_sha256"]] = Baseline(row["checkpoint_name"], int(row["run_id"]), {})
+        found.metrics[row["metric"]] = float(row["value"])
+    result = {}
+    for claim in claims:
+        defaults = default_rules(claim.min_accuracy, claim.min_f1_macro)
+        error = None
+        try:
+            own = _stored_rules(by_checkpoint.get(claim.name), "checkpoint")
+            shared = _stored_rules(by_dataset.get(claim.dataset), "dataset")
+        except GateSyntaxError as exc:
+            own = shared = None
+            error = str(exc)
+        champion = champion_of.get(claim.dataset)
+        result[(claim.name, claim.dataset)] = PairGate(
+            rules=effective_rules(own, shared, defaults),
+            error=error,
+            dataset=claim.dataset,
+            champion=None if champion is None else champion["checkpoint_name"],
+            is_champion=champion is not None and int(champion["checkpoint_id"]) == claim.checkpoint_id,
+            baselines=runs.get(claim.dataset, {}),
+        )
+    return result
+
+
+def _stored_rules(row: Mapping[str, Any] | None, scope: str) -> tuple[GateRule, ...] | None:
+    if row is None:
+        return None
+    try:
+        return rules_from_json(row["rules"], scope)
+    except (ValueError, TypeError) as exc:  # GateSyntaxError is a ValueError, and so is bad JSON
+        raise GateSyntaxError(f"gate {row['gate_id']} ({scope}) cannot be read: {printable(exc, 200)}") from None
 
 
 def _ids_param(ids: Sequence[int] | None) -> list[int] | None:
@@ -307,6 +360,23 @@ class Repository:
 
         return self._with_retry(update, "recording a dataset version")
 
+    def pair_gates(self, claims: Sequence[ClaimedCheckpoint]) -> dict[tuple[str, str], PairGate]:
+        """What each claimed pair is gated with: its rules in force (the checkpoint's, then the dataset's,
+        then the checkpoint's two threshold columns), the dataset's champion and its runs by version."""
+        names = sorted({claim.name for claim in claims})
+        datasets = sorted({claim.dataset for claim in claims})
+
+        def query(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], ...]:
+            params = {"names": names, "datasets": datasets}
+            with conn.cursor(row_factory=dict_row) as cur:
+                gates = cur.execute(sql.GATES_IN_FORCE, params).fetchall()
+                champions = cur.execute(sql.CURRENT_CHAMPIONS, params).fetchall()
+                baselines = cur.execute(sql.CHAMPION_BASELINES, params).fetchall()
+            return gates, champions, baselines
+
+        gates, champions, baselines = self._with_retry(query, "reading the gates and champions")
+        return gates_for_claims(claims, gates, champions, baselines)
+
     # -- the claim protocol -------------------------------------------------------------------
     def candidates(
         self, ids: Sequence[int] | None, limit: int, datasets: Sequence[str] | None = None
@@ -449,6 +519,9 @@ class Repository:
             "confusion_matrix": record.confusion_matrix,
             "arch_package": record.arch_package,
             "arch_version": record.arch_version,
+            "gate_results": record.gate_results,
+            "gate_note": record.gate_note,
+            "curves": record.curves,
         }
 
     # -- registration -------------------------------------------------------------------------

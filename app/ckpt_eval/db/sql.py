@@ -8,7 +8,7 @@ per step), no upserts. See docs: greenplum-dialect.md section 3.
 SERVER_NOW = "SELECT now()"
 
 # The schema version this release needs (init.sql's header and its schema_version rows).
-REQUIRED_SCHEMA_VERSION = 4
+REQUIRED_SCHEMA_VERSION = 5
 SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM ckpt_eval.schema_version"
 
 IS_GREENPLUM = """
@@ -101,12 +101,14 @@ INSERT_RUN = """
 INSERT INTO ckpt_eval.evaluation_runs (
     checkpoint_id, checkpoint_name, attempt, dataset, dataset_sha256, checkpoint_sha256, status, verdict,
     verdict_reasons, error, started_at, finished_at, duration_seconds, n_samples, worker_host, worker_pid,
-    app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version)
+    app_version, lease_token, min_accuracy, min_f1_macro, confusion_matrix, arch_package, arch_version,
+    gate_results, gate_note, curves)
 VALUES (
     %(checkpoint_id)s, %(checkpoint_name)s, %(attempt)s, %(dataset)s, %(dataset_sha256)s, %(checkpoint_sha256)s,
     %(status)s, %(verdict)s, %(verdict_reasons)s, %(error)s, %(started_at)s, %(finished_at)s,
     %(duration_seconds)s, %(n_samples)s, %(worker_host)s, %(worker_pid)s, %(app_version)s, %(lease_token)s,
-    %(min_accuracy)s, %(min_f1_macro)s, %(confusion_matrix)s, %(arch_package)s, %(arch_version)s)
+    %(min_accuracy)s, %(min_f1_macro)s, %(confusion_matrix)s, %(arch_package)s, %(arch_version)s,
+    %(gate_results)s, %(gate_note)s, %(curves)s)
 RETURNING run_id
 """
 
@@ -427,4 +429,100 @@ COPY %(output)s (row_key, scoring_run_id, checkpoint_id, predicted_index, predic
 PREDICTION_COUNTS = """
 SELECT predicted_index, predicted_class, count(*) AS rows FROM %(output)s
 WHERE scoring_run_id = %(run)s GROUP BY predicted_index, predicted_class ORDER BY predicted_index
+"""
+
+
+# -- Champions and gates (schema version 5) -------------------------------------------------------------
+
+# The gate in force for each scope among the claimed pairs' checkpoints and datasets: each scope's latest.
+GATES_IN_FORCE = """
+SELECT gate_id, checkpoint_name, dataset, rules, created_by, created_at
+FROM (SELECT g.*, row_number() OVER (PARTITION BY g.checkpoint_name, g.dataset ORDER BY g.gate_id DESC) AS recency
+      FROM ckpt_eval.gates g
+      WHERE g.checkpoint_name = ANY(%(names)s::text[]) OR g.dataset = ANY(%(datasets)s::text[])) ranked
+WHERE recency = 1
+"""
+
+CURRENT_CHAMPIONS = """
+SELECT promotion_id, dataset, checkpoint_name, checkpoint_id, promoted_by, promoted_at, reason
+FROM ckpt_eval.current_champions WHERE dataset = ANY(%(datasets)s::text[])
+"""
+
+# Each current champion's latest succeeded run per dataset version, with its overall metrics: what
+# change rules compare a candidate with (the version must be the candidate's).
+CHAMPION_BASELINES = """
+SELECT r.dataset, r.dataset_sha256, r.run_id, r.checkpoint_name, m.metric, m.value
+FROM (SELECT runs.run_id, runs.dataset, runs.dataset_sha256, runs.checkpoint_name,
+             row_number() OVER (PARTITION BY runs.dataset, runs.dataset_sha256
+                                ORDER BY runs.finished_at DESC, runs.run_id DESC) AS recency
+      FROM ckpt_eval.evaluation_runs runs
+      JOIN ckpt_eval.current_champions c ON c.checkpoint_id = runs.checkpoint_id AND c.dataset = runs.dataset
+      WHERE runs.status = 'succeeded' AND runs.dataset_sha256 IS NOT NULL
+        AND runs.dataset = ANY(%(datasets)s::text[])) r
+JOIN ckpt_eval.evaluation_metrics m ON m.run_id = r.run_id AND m.class_label = ''
+WHERE r.recency = 1
+"""
+
+PROMOTE = """
+INSERT INTO ckpt_eval.champions (dataset, checkpoint_name, checkpoint_id, promoted_by, reason)
+VALUES (%(dataset)s, %(checkpoint_name)s, %(checkpoint_id)s, %(promoted_by)s, %(reason)s)
+RETURNING promotion_id, promoted_at
+"""
+
+PROMOTIONS = """
+SELECT promotion_id, dataset, checkpoint_name, checkpoint_id, promoted_by, promoted_at, reason
+FROM ckpt_eval.champions
+WHERE (%(dataset)s::text IS NULL OR dataset = %(dataset)s) ORDER BY promotion_id
+"""
+
+# A checkpoint's datasets (the pairs it is registered for) and whether it has a succeeded run on each.
+CHECKPOINT_PAIRS = """
+SELECT c.checkpoint_id, c.name, e.dataset,
+       EXISTS (SELECT 1 FROM ckpt_eval.evaluation_runs r
+               WHERE r.checkpoint_id = c.checkpoint_id AND r.dataset = e.dataset
+                 AND r.status = 'succeeded') AS evaluated
+FROM ckpt_eval.checkpoints c JOIN ckpt_eval.evaluations e ON e.checkpoint_name = c.name
+WHERE c.name = %(name)s ORDER BY e.dataset
+"""
+
+INSERT_GATE = """
+INSERT INTO ckpt_eval.gates (checkpoint_name, dataset, rules, created_by)
+VALUES (%(checkpoint_name)s, %(dataset)s, %(rules)s, %(created_by)s)
+RETURNING gate_id
+"""
+
+# -- Reports --------------------------------------------------------------------------------------------
+
+REPORT_RUN_COLUMNS = """
+r.run_id, r.checkpoint_id, r.checkpoint_name, r.dataset, r.dataset_sha256, r.status, r.verdict, r.verdict_reasons,
+r.error, r.started_at, r.finished_at, r.n_samples, r.confusion_matrix, r.gate_results, r.gate_note, r.curves
+"""
+
+REPORT_RUN = f"SELECT {REPORT_RUN_COLUMNS} FROM ckpt_eval.evaluation_runs r WHERE r.run_id = %(run)s"
+
+# The latest run of each of a checkpoint's datasets (of each named checkpoint on one dataset).
+REPORT_LATEST_RUNS = f"""
+SELECT {REPORT_RUN_COLUMNS}
+FROM (SELECT runs.*, row_number() OVER (PARTITION BY runs.checkpoint_id, runs.dataset
+                                        ORDER BY runs.finished_at DESC, runs.run_id DESC) AS recency
+      FROM ckpt_eval.evaluation_runs runs
+      WHERE runs.checkpoint_name = ANY(%(names)s::text[])
+        AND (%(dataset)s::text IS NULL OR runs.dataset = %(dataset)s)) r
+WHERE r.recency = 1
+ORDER BY r.dataset, r.checkpoint_name
+"""
+
+REPORT_METRICS = """
+SELECT run_id, metric, class_label, value FROM ckpt_eval.evaluation_metrics WHERE run_id = ANY(%(runs)s::bigint[])
+"""
+
+# A dataset's succeeded runs over time (the history figure), the newest %(limit)s of them.
+REPORT_HISTORY = """
+SELECT h.run_id, h.checkpoint_name, h.finished_at, h.verdict, m.metric, m.value
+FROM (SELECT run_id, checkpoint_name, finished_at, verdict FROM ckpt_eval.evaluation_runs
+      WHERE dataset = %(dataset)s AND status = 'succeeded'
+      ORDER BY finished_at DESC, run_id DESC LIMIT %(limit)s) h
+JOIN ckpt_eval.evaluation_metrics m ON m.run_id = h.run_id AND m.class_label = ''
+WHERE m.metric = ANY(%(metrics)s::text[])
+ORDER BY h.finished_at, h.run_id
 """
