@@ -680,6 +680,196 @@ def attach(checkpoint: str, dataset: str, **options: Any) -> None:
     click.echo(f"attached checkpoint {checkpoint_id} {quoted(name)} to dataset {quoted(dataset, 60)}: pending")
 
 
+def _who() -> str:
+    """Who does it, as recorded with a promotion or a gate: the OS user and host (the role is the app's)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        user = f"uid {os.getuid()}"
+    return printable(f"{user}@{socket.gethostname()}", 300)
+
+
+def _champion_repository(options: dict[str, Any]) -> Any:
+    from .db.champions import ChampionRepository
+
+    creds = _load_credentials(options["credentials"], options["vault_password_file"])
+    policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
+    return ChampionRepository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("checkpoint")
+@click.option("--dataset", help="The dataset it becomes champion of [default: its only dataset].")
+@click.option("--reason", help="Why (recorded with the promotion; at most 2,000 characters).")
+@_format_option
+@_database_options
+@_logging_options
+def promote(checkpoint: str, dataset: str | None, reason: str | None, **options: Any) -> None:
+    """Make CHECKPOINT the champion of a dataset: what change rules compare candidates with.
+
+    Recorded with who, when and why; earlier champions stay in the history. The app role may promote
+    only where the deployment allows it (greenplum_app_may_promote); elsewhere the schema owner does
+    (playbooks/promote.yml).
+    """
+    from .report import to_json
+
+    _start_logging(options)
+    if reason is not None and (len(reason) > 2000 or not reason.strip()):
+        raise UsageError("--reason: 1 to 2,000 characters")
+    with _champion_repository(options) as repository:
+        repository.check_schema()
+        promoted = repository.promote(checkpoint, dataset, _who(), reason)
+    if options["output_format"] == "json":
+        click.echo(to_json(promoted))
+    else:
+        click.echo(
+            f"promotion {promoted['promotion_id']}: checkpoint {promoted['checkpoint_id']} {quoted(checkpoint)} "
+            f"is the champion of {quoted(promoted['dataset'], 60)}"
+        )
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--dataset", help="Only this dataset's promotions.")
+@click.option("--history", is_flag=True, help="Every promotion, not only each dataset's current champion.")
+@_format_option
+@_database_options
+@_logging_options
+def champions(dataset: str | None, history: bool, **options: Any) -> None:
+    """List each dataset's champion (with --history, every promotion)."""
+    from .report import table, to_json
+
+    _start_logging(options)
+    with _champion_repository(options) as repository:
+        repository.check_schema()
+        rows = repository.promotions(dataset)
+    if not history:
+        current = {row["dataset"]: row for row in rows}
+        rows = sorted(current.values(), key=lambda row: row["dataset"])
+    if options["output_format"] == "json":
+        click.echo(to_json({"promotions" if history else "champions": rows}))
+        return
+    columns = (("dataset", "dataset"), ("checkpoint_name", "champion"), ("checkpoint_id", "id"),
+               ("promoted_at", "promoted"), ("promoted_by", "by"), ("reason", "reason"))  # fmt: skip
+    click.echo(table(rows, columns) if rows else "no champion promoted yet")
+
+
+@cli.group(epilog=EPILOG)
+def gate() -> None:
+    """Gate rules of a checkpoint or of a dataset.
+
+    \b
+    A rule: METRIC>=X or METRIC<=X (a threshold), METRIC>=champion+D or METRIC<=champion-D
+    (a minimum change over the champion's latest run on the same dataset version; D may end in %,
+    a negative change tolerates a regression). >= means higher is better, <= lower is better.
+    Per metric the most specific rules apply: the checkpoint's, else the dataset's, else the
+    checkpoint's --min-accuracy/--min-f1 (0.7 each by default).
+    \b
+      ckpt-eval gate set --dataset digits 'f1_macro>=0.9' 'f1_macro>=champion+0.005' 'log_loss<=champion'
+      ckpt-eval gate show --checkpoint cnn-v2
+    """
+
+
+def _gate_scope(checkpoint: str | None, dataset: str | None) -> None:
+    if (checkpoint is None) == (dataset is None):
+        raise UsageError("name the gate's scope: --checkpoint NAME or --dataset NAME")
+
+
+@gate.command("set", epilog=EPILOG)
+@click.argument("rules", nargs=-1)
+@click.option("--checkpoint", help="The checkpoint the rules are for.")
+@click.option("--dataset", help="The dataset the rules are for (every checkpoint evaluated on it).")
+@_database_options
+@_logging_options
+def gate_set(rules: tuple[str, ...], checkpoint: str | None, dataset: str | None, **options: Any) -> None:
+    """Set the gate of a checkpoint or a dataset to RULES (none: the less specific gates apply again).
+
+    The new gate applies to the runs that follow; recorded runs keep the verdict they were given.
+    """
+    from .gates import GateSyntaxError, parse_rule, rule_text
+
+    _start_logging(options)
+    _gate_scope(checkpoint, dataset)
+    try:
+        parsed = [parse_rule(rule) for rule in rules]
+    except GateSyntaxError as exc:
+        raise UsageError(str(exc)) from None
+    with _champion_repository(options) as repository:
+        repository.check_schema()
+        gate_id = repository.set_gate(parsed, _who(), checkpoint=checkpoint, dataset=dataset)
+    scope = f"checkpoint {quoted(checkpoint)}" if checkpoint else f"dataset {quoted(dataset or '', 60)}"
+    shown = ", ".join(text for rule in parsed for text in rule_text(rule)) or "no rules (the less specific apply)"
+    click.echo(f"gate {gate_id} of {scope}: {shown}")
+
+
+@gate.command("show", epilog=EPILOG)
+@click.option("--checkpoint", help="The checkpoint whose gate to show.")
+@click.option("--dataset", help="The dataset whose gate to show.")
+@_format_option
+@_database_options
+@_logging_options
+def gate_show(checkpoint: str | None, dataset: str | None, **options: Any) -> None:
+    """Show the gate in force for a checkpoint or a dataset (its own rules, not the inherited ones)."""
+    from .gates import rule_text
+    from .report import to_json
+
+    _start_logging(options)
+    _gate_scope(checkpoint, dataset)
+    with _champion_repository(options) as repository:
+        repository.check_schema()
+        found = repository.gate_in_force(checkpoint=checkpoint, dataset=dataset)
+    texts = [text for rule in (found["parsed"] if found else ()) for text in rule_text(rule)]
+    if options["output_format"] == "json":
+        shown = {key: found[key] for key in ("gate_id", "created_by", "created_at")} if found else {}
+        click.echo(to_json({**shown, "rules": texts}))
+    elif found is None:
+        click.echo("no gate of its own: the less specific rules apply")
+    else:
+        made = f"{printable(found['created_by'], 80)}, {found['created_at']:%Y-%m-%d %H:%M}"
+        click.echo(f"gate {found['gate_id']} ({made}):")
+        click.echo("\n".join(f"  {printable(text)}" for text in texts) or "  no rules (the less specific apply)")
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--run", "run_id", type=click.IntRange(1, MAX_BIGINT), help="One run.")
+@click.option("--checkpoint", "checkpoints", multiple=True,
+              help="A checkpoint's latest runs; repeat it with --dataset to compare checkpoints.")  # fmt: skip
+@click.option("--dataset", help="Only this dataset (alone: compare every checkpoint evaluated on it).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for report.html and the PNG figures (made if missing).")  # fmt: skip
+@_format_option
+@_database_options
+@_logging_options
+def report(
+    run_id: int | None, checkpoints: tuple[str, ...], dataset: str | None, out_dir: Path, **options: Any
+) -> None:
+    """Write a report: one self-contained HTML file (opens without a network) and PNG figures.
+
+    \b
+    --run N                           one run
+    --checkpoint NAME [--dataset D]   a checkpoint's latest run on each dataset (or on D)
+    --dataset D [--checkpoint A ...]  a comparison on D: the latest run of each checkpoint (or of A, ...)
+    Each shows the confusion matrix (counts and normalised), per-class precision/recall/F1, ROC and
+    precision-recall curves for two classes, the gate rules with pass/fail, and the dataset's metric
+    history with its champion marked.
+    """
+    from .reporting.build import build
+
+    _start_logging(options)
+    with _champion_repository(options) as repository:
+        repository.check_schema()
+        files, data = build(repository, out_dir, run_id=run_id, checkpoints=checkpoints, dataset=dataset)
+    if options["output_format"] == "json":
+        from .report import to_json
+
+        click.echo(to_json({"html": str(files.html), "pngs": [str(p) for p in files.pngs],
+                            "runs": [run.run_id for run in data.runs]}))  # fmt: skip
+    else:
+        click.echo(f"report of {len(data.runs)} run(s): {printable(files.html)} ({len(files.pngs)} figures)")
+
+
 @cli.group(epilog=EPILOG)
 def dataset() -> None:
     """The dataset registry: what checkpoints are evaluated on (ckpt_eval.datasets)."""

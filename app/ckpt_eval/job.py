@@ -58,6 +58,7 @@ class Outcome:
     loss: float | None
     error: str | None
     duration_seconds: float
+    verdict_reasons: str | None = None  # the failed gate requirements, in words
 
     @property
     def ok(self) -> bool:
@@ -321,6 +322,7 @@ class Job:
             loss=_metric(record, "loss"),
             error=record.error,
             duration_seconds=record.duration_seconds,
+            verdict_reasons=record.verdict_reasons,
         )
         if record.status == "failed":
             log.error("%s failed: %s", claim.label, record.error)

@@ -90,7 +90,14 @@ def summary_text(summary: JobSummary) -> str:
     footer = f"{len(recorded)} evaluated: {passed} passed, {gated} failed the gate, {failed} failed to evaluate"
     if lost:
         footer += f"; {lost} lost to another worker"
-    return table(rows, SUMMARY_COLUMNS) + "\n" + footer
+    # Which gate requirement failed and by how much: the reason a pipeline stops.
+    reasons = [
+        f"{printable(o.name, 60)} on {printable(o.dataset, 60)}: {printable(o.verdict_reasons, 1000)}"
+        for o in recorded
+        if o.status == "succeeded" and o.verdict == "fail" and o.verdict_reasons
+    ]
+    gate = "".join(f"\ngate failed: {reason}" for reason in reasons)
+    return table(rows, SUMMARY_COLUMNS) + gate + "\n" + footer
 
 
 DATASET_COLUMNS = (

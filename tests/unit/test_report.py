@@ -280,7 +280,17 @@ def test_summary_json_round_trips() -> None:
         "loss",
         "error",
         "duration_seconds",
+        "verdict_reasons",
     }
+
+
+def test_the_summary_says_which_gate_requirement_failed_and_by_how_much() -> None:
+    reason = "f1_macro changed -0.0120 against the champion cnn-v1 (0.9120 in run 4, now 0.9000): +0.0000 required"
+    failed = outcome(1, verdict="fail", verdict_reasons=reason, name="cnn-<b>\x1b[31m")
+    text = summary_text(JobSummary((failed, outcome(2))))
+    assert f"gate failed: cnn-<b>\\x1b[31m on digits: {reason}" in text.splitlines()
+    assert "\x1b" not in text
+    assert json.loads(summary_json(JobSummary((failed,))))["evaluated"][0]["verdict_reasons"] == reason
 
 
 def test_summary_json_all_passed_ignores_lost() -> None:

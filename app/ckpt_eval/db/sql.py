@@ -500,16 +500,18 @@ r.error, r.started_at, r.finished_at, r.n_samples, r.confusion_matrix, r.gate_re
 
 REPORT_RUN = f"SELECT {REPORT_RUN_COLUMNS} FROM ckpt_eval.evaluation_runs r WHERE r.run_id = %(run)s"
 
-# The latest run of each of a checkpoint's datasets (of each named checkpoint on one dataset).
+# The latest run of each (checkpoint, dataset) among the named checkpoints (NULL: all) and the dataset
+# (NULL: all), at most %(limit)s of them.
 REPORT_LATEST_RUNS = f"""
 SELECT {REPORT_RUN_COLUMNS}
 FROM (SELECT runs.*, row_number() OVER (PARTITION BY runs.checkpoint_id, runs.dataset
                                         ORDER BY runs.finished_at DESC, runs.run_id DESC) AS recency
       FROM ckpt_eval.evaluation_runs runs
-      WHERE runs.checkpoint_name = ANY(%(names)s::text[])
+      WHERE (%(names)s::text[] IS NULL OR runs.checkpoint_name = ANY(%(names)s::text[]))
         AND (%(dataset)s::text IS NULL OR runs.dataset = %(dataset)s)) r
 WHERE r.recency = 1
 ORDER BY r.dataset, r.checkpoint_name
+LIMIT %(limit)s
 """
 
 REPORT_METRICS = """
