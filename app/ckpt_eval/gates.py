@@ -211,14 +211,17 @@ def _change(
     if not _finite(value):
         return RuleResult(outcome="fail", note=f"{rule.metric} is {'missing' if value is None else value}", **where)
     if not _finite(before):
-        return RuleResult(outcome="fail", note=f"the champion's {rule.metric} is {before}", **where)
+        shown = "missing" if before is None else before
+        return RuleResult(outcome="fail", note=f"the champion's {rule.metric} is {shown}", **where)
     relative = kind == "relative_change"
     change = _improvement(rule, value, before)  # type: ignore[arg-type]
     if relative:
         if before == 0:
             return RuleResult(outcome="skipped", note=f"the champion's {rule.metric} is 0: no relative change", **where)
         change /= abs(before)  # type: ignore[arg-type]
-    if change >= required:
+    # A change exactly at the minimum passes, as a value exactly at a threshold does: the subtraction's
+    # rounding (0.3 - 0.2 = 0.09999999999999998) must not fail it.
+    if change >= required or math.isclose(change, required, rel_tol=1e-9, abs_tol=1e-12):
         return RuleResult(change=change, outcome="pass", **where)
     champion = printable(baseline.checkpoint_name, 80)
     note = (
@@ -236,9 +239,11 @@ def _short(gap: float, relative: bool) -> str:
 # -- the rule syntax of the CLI and of the inventory ------------------------------------------------------
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_UNSIGNED = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _RULE = re.compile(
-    rf"^\s*(?P<metric>[a-z][a-z0-9_]{{0,62}})\s*(?P<op>>=|<=)\s*"
-    rf"(?:(?P<threshold>{_NUMBER})|champion\s*(?:(?P<sign>[+-])\s*(?P<change>\d+(?:\.\d*)?|\.\d+)\s*(?P<percent>%)?)?)\s*$"
+    rf"^ *(?P<metric>[a-z][a-z0-9_]{{0,62}}) *(?P<op>>=|<=) *"
+    rf"(?:(?P<threshold>{_NUMBER})|champion *(?:(?P<sign>[+-]) *(?P<change>{_UNSIGNED}) *(?P<percent>%)?)?) *$",
+    re.ASCII,  # ASCII digits and spaces only: no Arabic-Indic 0.7, no control characters as blanks
 )
 RULE_SYNTAX = (
     "METRIC>=X or METRIC<=X (a threshold), METRIC>=champion+D or METRIC<=champion-D (a minimum change "
@@ -248,7 +253,7 @@ RULE_SYNTAX = (
 
 def _check_metric(metric: str) -> str:
     if metric not in KNOWN_METRICS:
-        raise GateSyntaxError(f"unknown metric {metric!r}: one of {', '.join(KNOWN_METRICS)}")
+        raise GateSyntaxError(f"unknown metric {printable(repr(metric), 80)}: one of {', '.join(KNOWN_METRICS)}")
     return metric
 
 
@@ -267,6 +272,8 @@ def parse_rule(text: str) -> GateRule:
             raise GateSyntaxError(f"gate rule {printable(text, 80)}: the threshold must be a finite number")
         return GateRule(metric, direction, threshold=threshold)
     signed = 0.0 if match["change"] is None else float(match["change"]) * (-1 if match["sign"] == "-" else 1)
+    if not math.isfinite(signed):
+        raise GateSyntaxError(f"gate rule {printable(text, 80)}: the change must be a finite number")
     # The candidate's bound, turned into a minimum improvement: for lower-is-better, champion - D means +D.
     improvement = signed if direction == "higher" else -signed
     if match["percent"]:
@@ -280,12 +287,19 @@ def rule_text(rule: GateRule) -> list[str]:
     bound = 1 if rule.direction == "higher" else -1
     texts = []
     if rule.threshold is not None:
-        texts.append(f"{rule.metric}{op}{rule.threshold:g}")
+        texts.append(f"{rule.metric}{op}{_exact(rule.threshold)}")
     if rule.min_absolute_change is not None:
-        texts.append(f"{rule.metric}{op}champion{bound * rule.min_absolute_change:+g}")
+        texts.append(f"{rule.metric}{op}champion{_exact(bound * rule.min_absolute_change, signed=True)}")
     if rule.min_relative_change is not None:
-        texts.append(f"{rule.metric}{op}champion{bound * rule.min_relative_change * 100:+g}%")
+        texts.append(f"{rule.metric}{op}champion{_exact(bound * rule.min_relative_change * 100, signed=True)}%")
     return texts
+
+
+def _exact(value: float, signed: bool = False) -> str:
+    """The shortest text that reads back as the same float (repr), without a trailing .0."""
+    text = repr(float(value) + 0.0)  # + 0.0: no "-0.0"
+    text = text[:-2] if text.endswith(".0") else text
+    return f"+{text}" if signed and not text.startswith("-") else text
 
 
 _RULE_KEYS = ("metric", "direction", "threshold", "min_absolute_change", "min_relative_change")
@@ -295,22 +309,28 @@ def rule_from_mapping(entry: object, scope: str = "default") -> GateRule:
     """A rule as the inventory and the database hold it: a mapping of _RULE_KEYS."""
     if not isinstance(entry, dict):
         raise GateSyntaxError(f"a gate rule is a mapping with keys {', '.join(_RULE_KEYS)}")
-    unknown = sorted(set(entry) - set(_RULE_KEYS))
+    unknown = sorted(str(key) for key in set(entry) - set(_RULE_KEYS))
     if unknown:
-        raise GateSyntaxError(f"gate rule: unknown key(s) {', '.join(printable(k, 40) for k in unknown)}")
+        raise GateSyntaxError(f"gate rule: unknown key(s) {printable(', '.join(unknown), 200)}")
     metric = entry.get("metric")
     if not isinstance(metric, str):
         raise GateSyntaxError("gate rule: metric must be a string")
     direction = entry.get("direction", "lower" if metric in LOWER_IS_BETTER else "higher")
     if direction not in ("higher", "lower"):
-        raise GateSyntaxError(f"gate rule on {metric}: direction is 'higher' or 'lower'")
+        raise GateSyntaxError(f"gate rule on {printable(metric, 40)}: direction is 'higher' or 'lower'")
     numbers: dict[str, float | None] = {}
     for key in _RULE_KEYS[2:]:
         value = entry.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value)):  # fmt: skip
+        if value is None:
+            numbers[key] = None
+            continue
+        try:
+            number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+        except OverflowError:  # an integer beyond float's range
+            number = None
+        if number is None or not math.isfinite(number):
             raise GateSyntaxError(f"gate rule on {printable(metric, 40)}: {key} must be a finite number")
-        numbers[key] = None if value is None else float(value)
+        numbers[key] = number
     if all(value is None for value in numbers.values()):
         raise GateSyntaxError(f"gate rule on {printable(metric, 40)}: give a threshold or a minimum change")
     return GateRule(_check_metric(metric), direction, scope=scope, **numbers)  # type: ignore[arg-type]

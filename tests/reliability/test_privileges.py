@@ -87,6 +87,15 @@ REFUSED = {
     "update-metric-value": "UPDATE ckpt_eval.evaluation_metrics SET value = 1",
     "rewind-run-id-sequence": "SELECT setval('ckpt_eval.evaluation_runs_run_id_seq', 1)",
     "insert-schema-version": "INSERT INTO ckpt_eval.schema_version (version) VALUES (99)",
+    "update-run-gate-results": "UPDATE ckpt_eval.evaluation_runs SET gate_results = '[]', gate_note = NULL",
+    # champions: promoting is the owner's unless the deployment allows it; gates and promotions are history
+    "promote-without-leave": "INSERT INTO ckpt_eval.champions (dataset, checkpoint_name, checkpoint_id, promoted_by) "
+    "VALUES ('digits', 'digits-mlp-undertrained', 2, 'x')",
+    "rewrite-promotion": "UPDATE ckpt_eval.champions SET checkpoint_name = 'x'",
+    "delete-promotions": "DELETE FROM ckpt_eval.champions",
+    "rewrite-gate": "UPDATE ckpt_eval.gates SET rules = '[]'",
+    "delete-gates": "DELETE FROM ckpt_eval.gates",
+    "explicit-gate-id": "INSERT INTO ckpt_eval.gates (gate_id, dataset, rules, created_by) VALUES (1, 'd', '[]', 'x')",
     # registry columns other than the job state
     "update-path": "UPDATE ckpt_eval.checkpoints SET path = 'other.pt'",
     "update-sha256": "UPDATE ckpt_eval.checkpoints SET sha256 = NULL",

@@ -144,7 +144,7 @@ def _stored_rules(row: Mapping[str, Any] | None, scope: str) -> tuple[GateRule, 
         return None
     try:
         return rules_from_json(row["rules"], scope)
-    except (ValueError, TypeError) as exc:  # GateSyntaxError is a ValueError, and so is bad JSON
+    except (ValueError, TypeError, ArithmeticError) as exc:  # GateSyntaxError is a ValueError, as bad JSON is
         raise GateSyntaxError(f"gate {row['gate_id']} ({scope}) cannot be read: {printable(exc, 200)}") from None
 
 
