@@ -833,7 +833,8 @@ def gate_show(checkpoint: str | None, dataset: str | None, **options: Any) -> No
 
 
 @cli.command(epilog=EPILOG)
-@click.option("--run", "run_id", type=click.IntRange(1, MAX_BIGINT), help="One run.")
+@click.option("--run", "run_ids", type=click.IntRange(1, MAX_BIGINT), multiple=True,
+              help="A run; repeat it for several (the runs of one evaluation, say).")  # fmt: skip
 @click.option("--checkpoint", "checkpoints", multiple=True,
               help="A checkpoint's latest runs; repeat it with --dataset to compare checkpoints.")  # fmt: skip
 @click.option("--dataset", help="Only this dataset (alone: compare every checkpoint evaluated on it).")
@@ -843,12 +844,12 @@ def gate_show(checkpoint: str | None, dataset: str | None, **options: Any) -> No
 @_database_options
 @_logging_options
 def report(
-    run_id: int | None, checkpoints: tuple[str, ...], dataset: str | None, out_dir: Path, **options: Any
+    run_ids: tuple[int, ...], checkpoints: tuple[str, ...], dataset: str | None, out_dir: Path, **options: Any
 ) -> None:
     """Write a report: one self-contained HTML file (opens without a network) and PNG figures.
 
     \b
-    --run N                           one run
+    --run N [--run M ...]             one run (several: side by side)
     --checkpoint NAME [--dataset D]   a checkpoint's latest run on each dataset (or on D)
     --dataset D [--checkpoint A ...]  a comparison on D: the latest run of each checkpoint (or of A, ...)
     Each shows the confusion matrix (counts and normalised), per-class precision/recall/F1, ROC and
@@ -860,7 +861,7 @@ def report(
     _start_logging(options)
     with _champion_repository(options) as repository:
         repository.check_schema()
-        files, data = build(repository, out_dir, run_id=run_id, checkpoints=checkpoints, dataset=dataset)
+        files, data = build(repository, out_dir, run_ids=run_ids, checkpoints=checkpoints, dataset=dataset)
     if options["output_format"] == "json":
         from .report import to_json
 

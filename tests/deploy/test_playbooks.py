@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LOCAL_INVENTORY = "inventories/local/hosts.yml"
 PRODUCTION_INVENTORY = "inventories/production/hosts.yml"
+REPORT_DIR = REPO / "reports" / "localhost"  # the local inventory's classifier_report_dir, this host's part
 LOCAL_POSTGRES = ("15", "main")  # the greenplum role's greenplum_postgres_version and _cluster defaults
 DEMO_PASSWORD_FILE = REPO / "inventories" / "local" / "vault-password"
 PLAYBOOKS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "playbooks").glob("*.yml"))
@@ -226,6 +227,7 @@ def first_deploy() -> PlaybookRun:
     # A fresh database, whatever an earlier deployment on this machine left in it (a failed pair
     # stays failed across deploys, as it should): the tests below describe a first deployment.
     drop_the_deployed_database()
+    shutil.rmtree(REPORT_DIR, ignore_errors=True)
     return ansible_playbook("-vv", "playbooks/deploy.yml")
 
 
@@ -238,6 +240,47 @@ def test_deploy_provisions_and_evaluates_every_checkpoint(first_deploy: Playbook
     runs = latest_runs()
     assert set(runs) >= {1, 2}
     assert all(count >= 1 for count in runs.values())
+
+
+@needs_root
+def test_deploy_ends_with_the_report_of_the_demo_runs_on_the_controller(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    assert "reports/localhost/report.html" in first_deploy.output
+    html = (REPORT_DIR / "report.html").read_text()
+    for name in ("digits-mlp-good", "digits-mlp-undertrained", "breast-cancer-mlp"):
+        assert name in html
+    assert "<script" not in html
+    assert "data:image/png;base64," in html, "the figures are inside the page"
+    run_ids = [int(r) for r in superuser_sql("SELECT run_id FROM ckpt_eval.evaluation_runs ORDER BY 1").split()]
+    pngs = {path.name for path in REPORT_DIR.glob("*.png")}
+    assert {f"run-{run}-confusion-counts.png" for run in run_ids} <= pngs, "a heatmap of every demo run"
+    binary = superuser_sql("SELECT run_id FROM ckpt_eval.evaluation_runs WHERE dataset = 'breast_cancer'").split()
+    assert {f"run-{run}-roc.png" for run in binary} <= pngs, "ROC curves of the two-class runs"
+
+
+@needs_root
+def test_promote_yml_records_the_owners_promotion_and_the_app_role_may_not_promote(first_deploy: PlaybookRun) -> None:
+    assert first_deploy.returncode == 0
+    with app_connection() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(
+            "INSERT INTO ckpt_eval.champions (dataset, checkpoint_name, checkpoint_id, promoted_by) "
+            "VALUES ('digits', 'digits-mlp-good', 1, 'me')"
+        )
+    args = ("-e", "checkpoint=digits-mlp-good", "-e", "dataset=digits", "-e", "reason=the demo's best")
+    promoted = ansible_playbook("playbooks/promote.yml", *args)
+    assert promoted.returncode == 0, promoted.output[-5000:]
+    assert promoted.changed()["localhost"] == 1
+    champion = superuser_sql(
+        "SELECT checkpoint_name, reason, promoted_by LIKE '% via ansible' FROM ckpt_eval.current_champions"
+    )
+    assert champion.strip() == "digits-mlp-good|the demo's best|t"
+    again = ansible_playbook("playbooks/promote.yml", *args)
+    assert again.returncode == 0, again.output[-5000:]
+    assert again.changed() == {"localhost": 0}, "it already is the champion"
+    unknown = ansible_playbook("playbooks/promote.yml", "-e", "checkpoint=nope", "-e", "dataset=digits")
+    assert unknown.returncode != 0
+    assert "Nothing was changed" in unknown.output
+    assert superuser_sql("SELECT count(*) FROM ckpt_eval.champions").strip() == "1"
 
 
 @needs_root

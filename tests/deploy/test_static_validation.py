@@ -328,6 +328,9 @@ printf '%s' "${ANSIBLE_VAULT_PASSWORD-}" > "$FAKE_SEEN_PASSWORD"
 """
 
 
+REPORT_ARGS = ("-e", "report_dir=/w/reports")  # the report is fetched into the workspace ($GITHUB_WORKSPACE)
+
+
 def _run_cd_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str] | None]:
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
@@ -352,6 +355,7 @@ def _run_cd_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProc
         "SCORING_JOBS": "",
         "RESCORE": "false",
         "LIMIT": "",
+        "GITHUB_WORKSPACE": "/w",
         **env,
     }
     result = subprocess.run(
@@ -372,7 +376,14 @@ BASE_ARGS = ["-i", "inventories/production", "--vault-password-file", "inventori
 def test_cd_automatic_run_deploys_and_gates(tmp_path: Path) -> None:
     result, argv = _run_cd_script(tmp_path, EVENT_NAME="workflow_run", FAIL_ON_GATE="", FORCE="", FAILED="", DRY_RUN="")
     assert result.returncode == 0, result.stderr
-    assert argv == [*BASE_ARGS, "-e", "fail_on_gate=true", "playbooks/deploy.yml"]
+    assert argv == [*BASE_ARGS, "-e", "fail_on_gate=true", *REPORT_ARGS, "playbooks/deploy.yml"]
+
+
+def test_cd_keeps_the_evaluation_report_as_an_artifact_whatever_the_outcome() -> None:
+    step = _step_named(CD, "Keep the evaluation report")
+    assert step["if"] == "always()"
+    assert step["uses"].startswith("actions/upload-artifact@")
+    assert step["with"]["path"] == "reports/"
 
 
 @pytest.mark.parametrize(
@@ -396,7 +407,7 @@ def test_cd_manual_run_evaluates_with_the_inputs(tmp_path: Path, inputs: dict[st
     expected = list(BASE_ARGS)
     for value in extra_vars:
         expected += ["-e", value]
-    assert argv == [*expected, "playbooks/evaluate.yml"]
+    assert argv == [*expected, *REPORT_ARGS, "playbooks/evaluate.yml"]
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,11 @@ def build(
     repository: ChampionRepository,
     out_dir: Path,
     *,
-    run_id: int | None,
+    run_ids: Sequence[int],
     checkpoints: Sequence[str],
     dataset: str | None,
 ) -> tuple[ReportFiles, ReportData]:
-    kind, title, rows = _select(repository, run_id, checkpoints, dataset)
+    kind, title, rows = _select(repository, run_ids, checkpoints, dataset)
     if not rows:
         raise UsageError(f"nothing to report: {title} has no run yet")
     datasets = sorted({row["dataset"] for row in rows})
@@ -53,13 +53,19 @@ def build(
 
 
 def _select(
-    repository: ChampionRepository, run_id: int | None, checkpoints: Sequence[str], dataset: str | None
+    repository: ChampionRepository, run_ids: Sequence[int], checkpoints: Sequence[str], dataset: str | None
 ) -> tuple[Literal["run", "checkpoint", "comparison"], str, list[dict]]:
-    if run_id is not None:
+    if run_ids:
         if checkpoints or dataset:
-            raise UsageError("--run names one run: give it without --checkpoint or --dataset")
-        row = repository.report_run(run_id)
-        return "run", f"run {run_id}", [] if row is None else [row]
+            raise UsageError("--run names runs: give it without --checkpoint or --dataset")
+        unique = list(dict.fromkeys(run_ids))[:MAX_RUNS]
+        rows = [row for row in map(repository.report_run, unique) if row is not None]
+        missing = sorted(set(unique) - {int(row["run_id"]) for row in rows})
+        if missing and rows:
+            raise UsageError(f"no run numbered {', '.join(map(str, missing[:10]))}")
+        if len(unique) == 1:
+            return "run", f"run {unique[0]}", rows
+        return "comparison", f"{len(unique)} runs", rows
     if len(checkpoints) == 1 and dataset is None:
         return "checkpoint", f"checkpoint {quoted(checkpoints[0])}", repository.latest_runs(checkpoints, None, MAX_RUNS)
     if len(checkpoints) == 1:
