@@ -51,6 +51,9 @@ Examples:
       --class-names R,M
   ckpt-eval attach cnn-v2 mnist                   # evaluate checkpoint cnn-v2 on mnist too
   ckpt-eval train --arch digits_mlp --dataset digits --out checkpoints/new.pt --epochs 5 --seed 1
+  ckpt-eval promote cnn-v2 --dataset fashion_mnist --reason "release 14"
+  ckpt-eval gate set --dataset fashion_mnist 'f1_macro>=0.85' 'f1_macro>=champion+0.005'
+  ckpt-eval report --dataset fashion_mnist --out reports/fashion
 
 \b
 Exit codes: 0 all evaluated and passed; 3 a checkpoint failed or failed its gate; 2 usage;
