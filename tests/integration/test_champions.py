@@ -75,7 +75,9 @@ def test_promotion_needs_the_deployments_leave_and_keeps_its_history(evaluated: 
                 conn.execute(statement)
 
 
-def test_change_rules_are_skipped_without_a_champion_and_compared_with_one(evaluated: Deployment) -> None:
+def test_change_rules_are_skipped_without_a_champion_and_compared_with_one(
+    evaluated: Deployment, tmp_path: Path
+) -> None:
     undertrained = latest_run(evaluated, UNDERTRAINED)
     assert undertrained["gate_note"] is None  # the default rules have no change requirement
     gate = evaluated.ckpt_eval("gate", "set", "--dataset", "digits", "f1_macro>=champion+0.01", "accuracy>=0.5")
@@ -110,8 +112,15 @@ def test_change_rules_are_skipped_without_a_champion_and_compared_with_one(evalu
     assert bad["verdict"] == "fail"
     assert f"against the champion {GOOD}" in bad["verdict_reasons"]
     assert f"{change['change']:+.4f}" in bad["verdict_reasons"]
-    # The CLI's summary names the failed requirement and the shortfall.
+    # The CLI's summary names the failed requirement and the shortfall, and so does the run's report.
     assert f"gate failed: {UNDERTRAINED} on digits: f1_macro changed {change['change']:+.4f}" in run.stdout
+    shortfall = f"short by {0.01 - change['change']:.4f}"
+    assert shortfall in bad["verdict_reasons"]
+    made = evaluated.ckpt_eval("report", "--run", str(bad["run_id"]), "--out", str(tmp_path), "--format", "json")
+    assert made.returncode == 0, made.output
+    html = Path(json.loads(made.stdout)["html"]).read_text()
+    assert shortfall in html
+    assert "FAIL" in html
     # A checkpoint's own gate overrides the dataset's on the same metric: the undertrained one passes now.
     own = evaluated.ckpt_eval("gate", "set", "--checkpoint", UNDERTRAINED, "f1_macro>=champion-1", "accuracy>=0")
     assert own.returncode == 0, own.output
