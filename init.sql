@@ -181,6 +181,7 @@ BEGIN
         checkpoint_id      bigint NOT NULL,
         checkpoint_name    text NOT NULL,
         checkpoint_sha256  text NOT NULL,
+        class_names        text[],
         rescore            boolean NOT NULL,
         status             text NOT NULL CHECK (status IN (''running'', ''done'', ''failed'')),
         planned_rows       bigint NOT NULL,
@@ -203,6 +204,7 @@ BEGIN
         low_key           bigint NOT NULL,
         high_key          bigint NOT NULL,
         planned_rows      integer NOT NULL,
+        clean             boolean NOT NULL DEFAULT false,
         status            text NOT NULL DEFAULT ''pending''
                           CHECK (status IN (''pending'', ''running'', ''done'', ''failed'')),
         attempt           integer NOT NULL DEFAULT 0,
@@ -405,12 +407,14 @@ WHERE recency = 1;
 -- input dataset may be registered later (ckpt-eval dataset add); `ckpt-eval score` checks it.
 -- The output holds one row per (row key, scoring run): exactly-once is enforced by the chunk fence
 -- (the transaction that writes a chunk's rows first updates its chunk, fenced by the lease token).
--- Each row holds only what cannot be derived, because the server's work per field and per index
--- entry is what a COPY costs: no checkpoint name (the view joins it), and for two classes only the
--- positive class's probability (the view shows both). The row key is indexed by BRIN on PostgreSQL
--- (predictions arrive in key order, chunk by chunk: a few pages of index, next to nothing to
--- maintain) and by a B-tree on Greenplum 6, which has no BRIN; the table is distributed by the row key
--- on Greenplum, so the join back to the input is co-located.
+-- Each row holds only what cannot be derived, and the table has no index, because the server's work
+-- per field and per index entry is what a COPY of predictions costs: no class name (the run's
+-- class_names has it), no checkpoint name, for two classes only the positive class's probability; the
+-- _latest view shows all of them. Planning a run joins the input's keys against the output's by hash,
+-- and a chunk reads its key range without an anti-join unless other rows lie within it (sql.py). The
+-- table is distributed by the row key on Greenplum, so the join back to the input is co-located. One job
+-- per (output table, checkpoint): two jobs writing the same checkpoint's predictions into one table
+-- would each score the other's rows.
 CREATE OR REPLACE FUNCTION ckpt_eval.create_scoring_job(
     job_name text, checkpoint text, input_dataset text, key_column text,
     output_schema text, output_table text, chunk_rows integer DEFAULT 50000, allow_ungated boolean DEFAULT false)
@@ -424,31 +428,33 @@ BEGIN
     IF length(output_table) > 56 THEN
         RAISE EXCEPTION 'output table name % is longer than 56 characters', output_table;
     END IF;
+    IF EXISTS (SELECT 1 FROM ckpt_eval.scoring_jobs j
+               WHERE j.name <> job_name AND j.checkpoint_name = checkpoint
+                 AND j.output_schema = create_scoring_job.output_schema
+                 AND j.output_table = create_scoring_job.output_table) THEN
+        RAISE EXCEPTION 'another scoring job already writes checkpoint % into %.%', checkpoint, output_schema,
+            output_table;
+    END IF;
     EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (
         row_key               bigint NOT NULL,
         scoring_run_id        bigint NOT NULL,
         checkpoint_id         bigint NOT NULL,
         predicted_index       integer NOT NULL,
-        predicted_class       text,
         probabilities         double precision[],
         positive_probability  double precision,
         scored_at             timestamptz NOT NULL
     )', output_schema, output_table) || CASE WHEN is_greenplum THEN ' DISTRIBUTED BY (row_key)' ELSE '' END;
-    -- CREATE INDEX IF NOT EXISTS does not exist on Greenplum 6; the server names the index.
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = format('%I.%I', output_schema, output_table)::regclass) THEN
-        EXECUTE format('CREATE INDEX ON %I.%I USING %s (row_key)', output_schema, output_table,
-                       CASE WHEN is_greenplum THEN 'btree' ELSE 'brin' END);
-    END IF;
     -- The latest prediction of each (row, checkpoint): what analysts join to the input.
     EXECUTE format('CREATE OR REPLACE VIEW %I.%I AS
         SELECT ranked.row_key, ranked.checkpoint_id, c.name AS checkpoint_name, ranked.scoring_run_id,
-               ranked.predicted_index, ranked.predicted_class,
+               ranked.predicted_index, r.class_names[ranked.predicted_index + 1] AS predicted_class,
                coalesce(ranked.probabilities,
                         ARRAY[1 - ranked.positive_probability, ranked.positive_probability]) AS probabilities,
                ranked.positive_probability, ranked.scored_at
         FROM (SELECT p.*, row_number() OVER (PARTITION BY p.row_key, p.checkpoint_id
                                              ORDER BY p.scoring_run_id DESC) AS recency
               FROM %I.%I p) ranked
+        JOIN ckpt_eval.scoring_runs r ON r.scoring_run_id = ranked.scoring_run_id
         LEFT JOIN ckpt_eval.checkpoints c ON c.checkpoint_id = ranked.checkpoint_id
         WHERE ranked.recency = 1', output_schema, output_table || '_latest', output_schema, output_table);
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO ckpt_eval_app', output_schema);
@@ -502,11 +508,11 @@ GRANT INSERT ON ckpt_eval.evaluation_metrics TO ckpt_eval_app;
 -- ckpt_eval.create_scoring_job (SELECT and INSERT only), inputs by the dataset sources' grants.
 GRANT SELECT ON ckpt_eval.scoring_jobs, ckpt_eval.scoring_runs, ckpt_eval.scoring_chunks TO ckpt_eval_app;
 GRANT UPDATE (active_run) ON ckpt_eval.scoring_jobs TO ckpt_eval_app;
-GRANT INSERT (job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, rescore, status, planned_rows, chunks,
-              started_by, app_version, started_at)
+GRANT INSERT (job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, class_names, rescore, status, planned_rows,
+              chunks, started_by, app_version, started_at)
     ON ckpt_eval.scoring_runs TO ckpt_eval_app;
 GRANT UPDATE (status, rows_scored, rows_skipped, failed_chunks, finished_at) ON ckpt_eval.scoring_runs TO ckpt_eval_app;
-GRANT INSERT (scoring_run_id, chunk_no, low_key, high_key, planned_rows, updated_at)
+GRANT INSERT (scoring_run_id, chunk_no, low_key, high_key, planned_rows, clean, updated_at)
     ON ckpt_eval.scoring_chunks TO ckpt_eval_app;
 GRANT UPDATE (status, attempt, lease_owner, lease_token, lease_expires_at, rows_scored, rows_skipped, error, updated_at)
     ON ckpt_eval.scoring_chunks TO ckpt_eval_app;

@@ -98,10 +98,7 @@ def _app_connection(database: BenchDatabase) -> psycopg.Connection:
 def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float, float, float]:
     """Seconds to write ``rows`` prediction rows by COPY (the app's binary stream, built column-wise) and by
     executemany INSERT of the same values, one transaction each, as the app role."""
-    columns = (
-        "row_key, scoring_run_id, checkpoint_id, predicted_index, predicted_class, probabilities, "
-        "positive_probability, scored_at"
-    )
+    columns = "row_key, scoring_run_id, checkpoint_id, predicted_index, probabilities, positive_probability, scored_at"
     rng = np.random.default_rng(0)
     positive = rng.random(rows)
     probabilities = np.stack([1 - positive, positive], axis=1)
@@ -114,15 +111,15 @@ def write_seconds(database: BenchDatabase, rows: int, table: str) -> tuple[float
         predictions = Predictions(keys=[keys], indices=[indices], probabilities=[probabilities])
         statement = f"COPY lab.{table} ({columns}) FROM STDIN WITH (FORMAT binary)"
         with conn.transaction(), conn.cursor() as cur, cur.copy(statement) as copy:
-            for block in copy_blocks(predictions, run_id, checkpoint_id, CLASSES, now):
+            for block in copy_blocks(predictions, run_id, checkpoint_id, now):
                 copy.write(block)
         copy_seconds = time.perf_counter() - started
         started = time.perf_counter()
         values = [
-            (key + rows, run_id, checkpoint_id, index, CLASSES[index], None, probs[1], now)
+            (key + rows, run_id, checkpoint_id, index, None, probs[1], now)
             for key, index, probs in zip(keys.tolist(), indices.tolist(), probabilities.tolist(), strict=True)
         ]  # the same values as the COPY's: two classes, so the positive probability only
-        insert = f"INSERT INTO lab.{table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        insert = f"INSERT INTO lab.{table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(insert, values)
         insert_seconds = time.perf_counter() - started

@@ -230,9 +230,8 @@ def score_blocks(
 
 
 def copy_blocks(
-    predictions: Predictions, scoring_run_id: int, checkpoint_id: int, class_names: tuple[str, ...] | None,
-    scored_at: datetime,
-) -> Iterator[bytes]:  # fmt: skip
+    predictions: Predictions, scoring_run_id: int, checkpoint_id: int, scored_at: datetime
+) -> Iterator[bytes]:
     """A chunk's predictions as one binary COPY stream: the signature, a block per piece, the trailer."""
     yield SIGNATURE
     for keys, indices, probabilities in zip(
@@ -240,7 +239,7 @@ def copy_blocks(
     ):
         yield prediction_tuples(
             keys, indices, probabilities, scoring_run_id=scoring_run_id, checkpoint_id=checkpoint_id,
-            class_names=class_names, scored_at=scored_at,
+            scored_at=scored_at,
         )  # fmt: skip
     yield TRAILER
 
@@ -403,6 +402,19 @@ class Scorer:
         loaded = load_checkpoint(self.settings.checkpoint_root, job.path, job.arch, job.sha256, self.parser)
         return loaded.model, loaded.sha256
 
+    @staticmethod
+    def _class_names(job: ScoringJob) -> tuple[str, ...] | None:
+        """The names a run records for its predicted indices (the view shows them): the dataset's, else the
+        architecture's."""
+        if job.class_names:
+            return tuple(job.class_names)
+        from .architectures import ArchitectureError, get_architecture
+
+        try:
+            return get_architecture(job.arch or "").class_names
+        except ArchitectureError:
+            return None  # the model load reports it
+
     def _start_or_join(
         self, job: ScoringJob, plan: list, sha256: str, options: ScoringOptions
     ) -> tuple[int, bool] | None:
@@ -410,7 +422,7 @@ class Scorer:
         if plan:
             run_id = self.repository.start_run(
                 job, plan, checkpoint_sha256=sha256, rescore=options.rescore, owner=self.worker.owner,
-                app_version=__version__,
+                app_version=__version__, class_names=self._class_names(job),
             )  # fmt: skip
             if run_id is not None:
                 log.info(
@@ -469,14 +481,11 @@ class Scorer:
                     model_failed = not isinstance(exc, BadRow)
                 if lease.lost.is_set():
                     return self._lost(chunk, started)
-                class_names = job.class_names or predictor.architecture.class_names
                 written = self.repository.finish_chunk(
                     job,
                     chunk,
                     failed=error is not None,
-                    data=lambda now: copy_blocks(
-                        predictions, chunk.scoring_run_id, job.checkpoint_id or 0, class_names, now
-                    ),
+                    data=lambda now: copy_blocks(predictions, chunk.scoring_run_id, job.checkpoint_id or 0, now),
                     rows_scored=predictions.count,
                     rows_skipped=predictions.skipped,
                     error=error or predictions.summary(),

@@ -555,8 +555,10 @@ def test_deploy_scores_the_unlabeled_demo_rows_and_score_yml_reruns(first_deploy
     with torch.no_grad():
         expected = torch.softmax(model.eval()(architecture.prepare(features)).double(), dim=1).numpy()
     out = superuser_sql(
-        "SELECT row_key, predicted_class, positive_probability FROM ckpt_eval_demo.breast_cancer_predictions "
-        "WHERE scoring_run_id = 1 ORDER BY row_key"
+        "SELECT p.row_key, r.class_names[p.predicted_index + 1], p.positive_probability "
+        "FROM ckpt_eval_demo.breast_cancer_predictions p "
+        "JOIN ckpt_eval.scoring_runs r ON r.scoring_run_id = p.scoring_run_id "
+        "WHERE p.scoring_run_id = 1 ORDER BY p.row_key"
     )
     written = [line.split("|") for line in out.splitlines() if line]
     assert [int(key) for key, _, _ in written] == [int(row[0]) for row in rows]  # each row exactly once

@@ -97,8 +97,8 @@ def predictions(deployment: Deployment, table: str = "lab.patient_predictions") 
     """The output table's rows as stored (a binary model's rows hold no probability array)."""
     with deployment.superuser() as conn:
         return conn.execute(
-            f"SELECT row_key, scoring_run_id, checkpoint_id, predicted_index, predicted_class, probabilities, "
-            f"positive_probability FROM {table} ORDER BY scoring_run_id, row_key"
+            f"SELECT row_key, scoring_run_id, checkpoint_id, predicted_index, probabilities, positive_probability "
+            f"FROM {table} ORDER BY scoring_run_id, row_key"
         ).fetchall()
 
 
@@ -128,9 +128,9 @@ def test_predictions_equal_an_independent_forward_pass(db: Deployment) -> None:
     assert summary["run_status"] == "done"
     written = predictions(db)
     assert [row[0] for row in written] == list(range(569))
-    assert {row[5] for row in written} == {None}, "two classes: only the positive probability is stored"
+    assert {row[4] for row in written} == {None}, "two classes: only the positive probability is stored"
     shown = latest(db)
-    assert [(r[0], r[1], r[3], r[4], r[6]) for r in written] == [(r[0], r[1], r[3], r[4], r[6]) for r in shown]
+    assert [(r[0], r[1], r[3], r[5]) for r in written] == [(r[0], r[1], r[3], r[6]) for r in shown]
     expected = reference_probabilities(load_breast_cancer().data)
     for key, _, name, index, label, probabilities, positive in shown:
         assert name == CHECKPOINT
@@ -158,6 +158,31 @@ def test_a_second_run_scores_nothing_and_new_rows_are_scored_by_the_next(db: Dep
     assert len(written) == 579
     assert sorted(row[0] for row in written if row[1] == runs(db)[1][0]) == list(range(1000, 1010))
     assert len({row[0] for row in written}) == 579  # exactly one prediction per row
+
+
+def test_keys_that_arrive_inside_a_scored_range_are_scored_alone(db: Deployment) -> None:
+    db.sql("DELETE FROM lab.patients WHERE sample_id IN (50, 60, 300)")
+    assert score(db, "--force").returncode == 0
+    with db.superuser() as conn:
+        conn.execute(
+            "INSERT INTO lab.patients SELECT sample_id + 1000, " + ", ".join(FEATURES) + " FROM lab.patients "
+            "WHERE sample_id IN (49, 59, 299)"
+        )
+        conn.execute("UPDATE lab.patients SET sample_id = sample_id - 1000 + 1 WHERE sample_id > 1000")
+    # 50, 60 and 300 make one chunk whose key range also holds the rows scored in between: it leaves them out.
+    later = score(db, "--force", "--format", "json")
+    assert later.returncode == 0, later.stderr
+    summary = json.loads(later.stdout)
+    assert summary["rows_scored"] == 3
+    with db.superuser() as conn:
+        chunks = conn.execute(
+            "SELECT low_key, high_key, planned_rows, clean FROM ckpt_eval.scoring_chunks "
+            "WHERE scoring_run_id = (SELECT max(scoring_run_id) FROM ckpt_eval.scoring_runs) ORDER BY chunk_no"
+        ).fetchall()
+    assert chunks == [(50, 300, 3, False)]
+    written = predictions(db)
+    assert len(written) == 569
+    assert sorted(row[0] for row in written) == list(range(569)), "each row exactly once"
 
 
 def test_rescore_adds_a_scoring_run_and_the_latest_view_shows_it(db: Deployment) -> None:
@@ -297,7 +322,7 @@ def test_a_chunk_whose_lease_was_taken_over_writes_nothing(db: Deployment) -> No
         one = Predictions(keys=[np.array([0])], indices=[np.array([1])], probabilities=[np.array([[0.1, 0.9]])])
 
         def data(now: datetime) -> Iterator[bytes]:
-            return copy_blocks(one, run_id, job.checkpoint_id or 0, ("malignant", "benign"), now)
+            return copy_blocks(one, run_id, job.checkpoint_id or 0, now)
 
         assert not first.finish_chunk(job, chunk, failed=False, data=data, rows_scored=1, rows_skipped=0, error=None)
         assert predictions(db) == []

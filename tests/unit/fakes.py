@@ -425,7 +425,7 @@ def decode_binary_copy(data: bytes) -> list[tuple[object, ...]]:
     while position < len(body):
         (fields,) = struct.unpack(">h", take(2))
         values: list[object] = []
-        for kind in ("i8", "i8", "i8", "i4", "text", "float8[]", "f8", "timestamptz")[:fields]:
+        for kind in ("i8", "i8", "i8", "i4", "float8[]", "f8", "timestamptz")[:fields]:
             (length,) = struct.unpack(">i", take(4))
             if length == -1:
                 values.append(None)

@@ -91,20 +91,17 @@ def test_the_binary_copy_stream_holds_each_prediction_exactly() -> None:
         probabilities=[np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([[1 / 3, 2 / 3]])],
     )
     when = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
-    rows = decode_binary_copy(b"".join(copy_blocks(predictions, 3, 11, ("malignant", "b\u00e9nin"), when)))
-    # Two classes: the positive class's probability (class 1's) only; the view shows both.
-    assert sorted(rows) == sorted(
-        [
-            (7, 3, 11, 1, "b\u00e9nin", None, 0.8, when),
-            (9, 3, 11, 0, "malignant", None, 0.4, when),
-            (2**40, 3, 11, 1, "b\u00e9nin", None, 2 / 3, when),
-        ]
-    )
-    three = Predictions(keys=[np.array([1])], indices=[np.array([2])], probabilities=[np.array([[0.1, 0.2, 0.7]])])
-    assert decode_binary_copy(b"".join(copy_blocks(three, 1, 1, None, when))) == [
-        (1, 1, 1, 2, None, [0.1, 0.2, 0.7], None, when)
+    rows = decode_binary_copy(b"".join(copy_blocks(predictions, 3, 11, when)))
+    # Two classes: the positive class's probability (class 1's) only; the view shows both, and the class
+    # names (the run's). Rows keep the chunk's key order.
+    assert rows == [
+        (7, 3, 11, 1, None, 0.8, when),
+        (9, 3, 11, 0, None, 0.4, when),
+        (2**40, 3, 11, 1, None, 2 / 3, when),
     ]
-    assert b"".join(copy_blocks(Predictions(), 1, 1, None, when)) == SIGNATURE + TRAILER
+    three = Predictions(keys=[np.array([1])], indices=[np.array([2])], probabilities=[np.array([[0.1, 0.2, 0.7]])])
+    assert decode_binary_copy(b"".join(copy_blocks(three, 1, 1, when))) == [(1, 1, 1, 2, [0.1, 0.2, 0.7], None, when)]
+    assert b"".join(copy_blocks(Predictions(), 1, 1, when)) == SIGNATURE + TRAILER
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +149,12 @@ def test_the_scorer_writes_one_prediction_per_row_equal_to_a_forward_pass(reposi
     assert len(summary.chunks) == 6
     assert sorted(row[0] for row in repository.output) == list(range(569))
     expected = expected_probabilities()
-    for key, run, checkpoint, index, label, probabilities, positive, _ in repository.output:
+    for key, run, checkpoint, index, probabilities, positive, _ in repository.output:
         assert probabilities is None  # two classes: the positive class's probability says it all
         assert positive == pytest.approx(expected[key][1], rel=1e-5, abs=1e-6)
         assert index == int(np.argmax(expected[key]))
-        assert (run, checkpoint, label) == (1, 1, ("malignant", "benign")[index])
+        assert (run, checkpoint) == (1, 1)
+    assert repository.runs[1]["class_names"] == ("malignant", "benign"), "the run names its classes"
     again = scorer(repository, parser).run("patients", ScoringOptions())
     assert (again.scoring_run_id, again.rows_scored) == (None, 0)
     assert "nothing to score" in scoring_summary_text(again)

@@ -75,6 +75,7 @@ class ChunkPlan(NamedTuple):
     low_key: int
     high_key: int
     planned_rows: int
+    clean: bool = False  # no other input row within its key range: read without an anti-join
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class ClaimedChunk:
     planned_rows: int
     attempt: int
     lease_token: str
+    clean: bool = False  # see ChunkPlan
 
     @property
     def key(self) -> dict[str, int]:
@@ -260,7 +262,7 @@ class ScoringRepository(Repository):
     def plan(self, job: ScoringJob, checkpoint_id: int, rescore: bool, limit: int | None) -> list[ChunkPlan]:
         params = {"rescore": rescore, "checkpoint_id": checkpoint_id, "chunk_rows": job.chunk_rows, "limit": limit}
         _, rows = self._input_query(job, sql.SCORING_PLAN, "planning a scoring run", params)
-        return [ChunkPlan(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+        return [ChunkPlan(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bool(r[4])) for r in rows]
 
     def start_run(
         self,
@@ -271,6 +273,7 @@ class ScoringRepository(Repository):
         rescore: bool,
         owner: str,
         app_version: str,
+        class_names: Sequence[str] | None = None,
     ) -> int | None:
         """Record a run and its chunks and make it the job's run; None when another worker's run won."""
         assert job.checkpoint_id is not None
@@ -286,6 +289,7 @@ class ScoringRepository(Repository):
                             "checkpoint_id": job.checkpoint_id,
                             "checkpoint_name": job.checkpoint_name,
                             "checkpoint_sha256": checkpoint_sha256,
+                            "class_names": None if class_names is None else list(class_names),
                             "rescore": rescore,
                             "planned_rows": sum(chunk.planned_rows for chunk in plan),
                             "chunks": len(plan),
@@ -303,6 +307,7 @@ class ScoringRepository(Repository):
                             "lows": [chunk.low_key for chunk in plan],
                             "highs": [chunk.high_key for chunk in plan],
                             "rows": [chunk.planned_rows for chunk in plan],
+                            "cleans": [chunk.clean for chunk in plan],
                         },
                     )
                     if conn.execute(sql.ACTIVATE_SCORING_RUN, {"run": run_id, "job": job.name}).rowcount != 1:
@@ -338,7 +343,9 @@ class ScoringRepository(Repository):
             row = conn.execute(sql.CLAIMED_CHUNK, params).fetchone()
             if row is None:
                 return None
-            return ClaimedChunk(run_id, int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), token)
+            return ClaimedChunk(
+                run_id, int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), token, bool(row[5])
+            )
 
         return self._with_retry(attempt, "claiming a chunk")
 
@@ -371,8 +378,9 @@ class ScoringRepository(Repository):
         anything from an earlier attempt.
         """
         assert job.checkpoint_id is not None
-        params = {"low": chunk.low_key, "high": chunk.high_key, "rescore": rescore, "checkpoint_id": job.checkpoint_id}
-        statement = _statement(sql.SCORING_READ_CHUNK, job)
+        params = {"low": chunk.low_key, "high": chunk.high_key, "checkpoint_id": job.checkpoint_id}
+        # A rescoring run scores every row of its ranges (its chunks are all clean).
+        statement = _statement(sql.SCORING_READ_CLEAN_CHUNK if chunk.clean or rescore else sql.SCORING_READ_CHUNK, job)
 
         def read(conn: psycopg.Connection) -> T:
             try:

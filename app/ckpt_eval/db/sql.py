@@ -301,36 +301,44 @@ WHERE n.nspname = %(schema)s AND c.relname = %(table)s
 """
 
 # The rows a run scores (those without a prediction from the checkpoint yet; every row when
-# rescoring), at most %(limit)s of them (NULL: all), planned as chunks of consecutive keys.
-_NOT_YET_SCORED = (
-    "(%(rescore)s OR NOT EXISTS (SELECT 1 FROM %(output)s o"
-    " WHERE o.row_key = i.%(key)s AND o.checkpoint_id = %(checkpoint_id)s))"
-)
-SCORING_PLAN = f"""
-SELECT chunk_no, min(k) AS low_key, max(k) AS high_key, count(*) AS planned_rows
+# rescoring), at most %(limit)s of them (NULL: all), planned as chunks of consecutive keys. One pass
+# over the input's keys in order: a hash join against the keys the checkpoint has scored (the output
+# has no index: every index entry is work for each prediction's COPY), a running count of the rows to
+# score, and per chunk whether it is clean: no other input row lies within its key range, so reading
+# the range needs no anti-join (rows appended into it later are new, hence unscored, as well).
+SCORING_PLAN = """
+SELECT chunk_no, min(k) AS low_key, max(k) AS high_key, count(*) AS planned_rows,
+       max(position) - min(position) + 1 = count(*) AS clean
 FROM (
-    SELECT k, (row_number() OVER (ORDER BY k) - 1) / %(chunk_rows)s AS chunk_no
-    FROM (SELECT i.%(key)s AS k FROM %(input)s i
-          WHERE i.%(key)s IS NOT NULL AND {_NOT_YET_SCORED}
-          ORDER BY i.%(key)s LIMIT %(limit)s) picked
+    SELECT k, todo, row_number() OVER (ORDER BY k) AS position,
+           sum(todo) OVER (ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS todo_through,
+           (sum(todo) OVER (ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - 1) / %(chunk_rows)s
+               AS chunk_no
+    FROM (SELECT i.%(key)s AS k, CASE WHEN %(rescore)s OR s.row_key IS NULL THEN 1 ELSE 0 END AS todo
+          FROM %(input)s i
+          LEFT JOIN (SELECT DISTINCT o.row_key FROM %(output)s o WHERE o.checkpoint_id = %(checkpoint_id)s) s
+              ON s.row_key = i.%(key)s
+          WHERE i.%(key)s IS NOT NULL) flagged
 ) numbered
+WHERE todo = 1 AND (%(limit)s::bigint IS NULL OR todo_through <= %(limit)s::bigint)
 GROUP BY chunk_no
 ORDER BY chunk_no
 """
 
 INSERT_SCORING_RUN = """
-INSERT INTO ckpt_eval.scoring_runs (job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, rescore, status,
-                                    planned_rows, chunks, started_by, app_version, started_at)
-VALUES (%(job)s, %(checkpoint_id)s, %(checkpoint_name)s, %(checkpoint_sha256)s, %(rescore)s, 'running',
-        %(planned_rows)s, %(chunks)s, %(started_by)s, %(app_version)s, %(now)s)
+INSERT INTO ckpt_eval.scoring_runs (job_name, checkpoint_id, checkpoint_name, checkpoint_sha256, class_names, rescore,
+                                    status, planned_rows, chunks, started_by, app_version, started_at)
+VALUES (%(job)s, %(checkpoint_id)s, %(checkpoint_name)s, %(checkpoint_sha256)s, %(class_names)s, %(rescore)s,
+        'running', %(planned_rows)s, %(chunks)s, %(started_by)s, %(app_version)s, %(now)s)
 RETURNING scoring_run_id
 """
 
 INSERT_SCORING_CHUNKS = """
-INSERT INTO ckpt_eval.scoring_chunks (scoring_run_id, chunk_no, low_key, high_key, planned_rows, updated_at)
-SELECT %(run)s, c.chunk_no, c.low_key, c.high_key, c.planned_rows, %(now)s
-FROM unnest(%(numbers)s::integer[], %(lows)s::bigint[], %(highs)s::bigint[], %(rows)s::integer[])
-     AS c(chunk_no, low_key, high_key, planned_rows)
+INSERT INTO ckpt_eval.scoring_chunks (scoring_run_id, chunk_no, low_key, high_key, planned_rows, clean, updated_at)
+SELECT %(run)s, c.chunk_no, c.low_key, c.high_key, c.planned_rows, c.clean, %(now)s
+FROM unnest(%(numbers)s::integer[], %(lows)s::bigint[], %(highs)s::bigint[], %(rows)s::integer[],
+            %(cleans)s::boolean[])
+     AS c(chunk_no, low_key, high_key, planned_rows, clean)
 """
 
 # Compare-and-set: a new run becomes the job's run only if none is in progress (rowcount 0: another
@@ -359,7 +367,7 @@ WHERE {_CHUNK} AND {_CLAIMABLE}
 """
 
 CLAIMED_CHUNK = f"""
-SELECT chunk_no, low_key, high_key, planned_rows, attempt FROM ckpt_eval.scoring_chunks
+SELECT chunk_no, low_key, high_key, planned_rows, attempt, clean FROM ckpt_eval.scoring_chunks
 WHERE {_CHUNK} AND lease_token = %(token)s AND status = 'running'
 """
 
@@ -406,29 +414,35 @@ SET status = %(status)s, rows_scored = %(rows_scored)s, rows_skipped = %(rows_sk
 WHERE scoring_run_id = %(run)s AND status = 'running'
 """
 
-# A chunk's input rows, in key order; the rows already scored by the checkpoint are left out (unless
-# rescoring), so a chunk planned before some of its rows were scored elsewhere scores only the rest.
-# The output's key range is spelled out: the planner does not carry it across the anti-join, and the
-# output's row_key index (BRIN on PostgreSQL) then reads only the chunk's part of the output.
+# A chunk's input rows, in key order. A clean chunk (see SCORING_PLAN) reads its key range as it is; a
+# chunk whose range also holds rows the checkpoint had scored leaves them out (a hash anti-join against
+# the output's rows in the range: the output has no index, and such chunks are rare: keys that arrive
+# out of order between runs).
+SCORING_READ_CLEAN_CHUNK = """
+COPY (SELECT i.%(key)s, %(features)s FROM %(input)s i
+      WHERE i.%(key)s BETWEEN %(low)s AND %(high)s
+      ORDER BY i.%(key)s) TO STDOUT WITH (FORMAT csv)
+"""
 SCORING_READ_CHUNK = """
 COPY (SELECT i.%(key)s, %(features)s FROM %(input)s i
       WHERE i.%(key)s BETWEEN %(low)s AND %(high)s
-        AND (%(rescore)s OR NOT EXISTS (SELECT 1 FROM %(output)s o
-                                        WHERE o.row_key BETWEEN %(low)s AND %(high)s
-                                          AND o.row_key = i.%(key)s AND o.checkpoint_id = %(checkpoint_id)s))
+        AND NOT EXISTS (SELECT 1 FROM %(output)s o
+                        WHERE o.row_key BETWEEN %(low)s AND %(high)s
+                          AND o.row_key = i.%(key)s AND o.checkpoint_id = %(checkpoint_id)s)
       ORDER BY i.%(key)s) TO STDOUT WITH (FORMAT csv)
 """
 
 # In binary: the rows come from copy_format.py, built column-wise (the column order is its layout's).
 SCORING_WRITE = """
-COPY %(output)s (row_key, scoring_run_id, checkpoint_id, predicted_index, predicted_class, probabilities,
-               positive_probability, scored_at) FROM STDIN WITH (FORMAT binary)
+COPY %(output)s (row_key, scoring_run_id, checkpoint_id, predicted_index, probabilities, positive_probability,
+               scored_at) FROM STDIN WITH (FORMAT binary)
 """
 
 # How a run's predictions split over the classes (the summary of `ckpt-eval score-runs`).
 PREDICTION_COUNTS = """
-SELECT predicted_index, predicted_class, count(*) AS rows FROM %(output)s
-WHERE scoring_run_id = %(run)s GROUP BY predicted_index, predicted_class ORDER BY predicted_index
+SELECT o.predicted_index, r.class_names[o.predicted_index + 1] AS predicted_class, count(*) AS rows
+FROM %(output)s o JOIN ckpt_eval.scoring_runs r ON r.scoring_run_id = o.scoring_run_id
+WHERE o.scoring_run_id = %(run)s GROUP BY 1, 2 ORDER BY 1
 """
 
 
