@@ -198,6 +198,15 @@ def test_rescore_adds_a_scoring_run_and_the_latest_view_shows_it(db: Deployment)
         ).fetchone()
     assert latest == (569, second[0], second[0])
     assert first[0] < second[0]
+    # A bounded rescore: the first ten rows again, as a third run; the view shows them from it.
+    bounded = score(db, "--force", "--rescore", "--limit", "10", "--format", "json")
+    assert bounded.returncode == 0, bounded.stderr
+    assert json.loads(bounded.stdout)["rows_scored"] == 10
+    with db.superuser() as conn:
+        shown = conn.execute(
+            "SELECT scoring_run_id, count(*) FROM lab.patient_predictions_latest GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert shown == [(second[0], 559), (runs(db)[2][0], 10)]
 
 
 def test_limit_bounds_a_run_and_the_next_run_takes_the_rest(db: Deployment) -> None:
