@@ -266,7 +266,8 @@ def test_promote_yml_records_the_owners_promotion_and_the_app_role_may_not_promo
             "INSERT INTO ckpt_eval.champions (dataset, checkpoint_name, checkpoint_id, promoted_by) "
             "VALUES ('digits', 'digits-mlp-good', 1, 'me')"
         )
-    args = ("-e", "checkpoint=digits-mlp-good", "-e", "dataset=digits", "-e", "reason=the demo's best")
+    # JSON: a reason may hold quotes (-e key=value splits on them).
+    args = ("-e", json.dumps({"checkpoint": "digits-mlp-good", "dataset": "digits", "reason": "the demo's best"}))
     promoted = ansible_playbook("playbooks/promote.yml", *args)
     assert promoted.returncode == 0, promoted.output[-5000:]
     assert promoted.changed()["localhost"] == 1
