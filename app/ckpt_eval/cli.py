@@ -660,13 +660,14 @@ def register(
     )
 
 
-def _open_repository(options: dict[str, Any]) -> Any:
-    """A repository for a short command: credentials read, schema checked by the caller."""
+def _open_repository(options: dict[str, Any], kind: type | None = None) -> Any:
+    """A repository (``kind``: a Repository subclass) for a short command: credentials read, schema checked
+    by the caller."""
     from .db.repository import Repository
 
     creds = _load_credentials(options["credentials"], options["vault_password_file"])
     policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
-    return Repository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000)
+    return (kind or Repository)(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000)
 
 
 @cli.command(epilog=EPILOG)
@@ -698,9 +699,7 @@ def _who() -> str:
 def _champion_repository(options: dict[str, Any]) -> Any:
     from .db.champions import ChampionRepository
 
-    creds = _load_credentials(options["credentials"], options["vault_password_file"])
-    policy = _retry_policy(options["db_retries"], options["db_retry_seconds"])
-    return ChampionRepository(creds, policy, statement_timeout_ms=options["statement_timeout"] * 1000)
+    return _open_repository(options, ChampionRepository)
 
 
 @cli.command(epilog=EPILOG)

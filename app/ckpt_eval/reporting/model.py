@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from ..gates import RuleResult
+from ..metrics import Curve
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,6 @@ class ClassRow:
     recall: float
     f1: float
     support: int
-
-
-@dataclass(frozen=True)
-class Curve:
-    """Points of a curve, in order: ROC (x false positive rate, y true positive rate) or
-    precision-recall (x recall, y precision)."""
-
-    x: tuple[float, ...]
-    y: tuple[float, ...]
 
 
 @dataclass(frozen=True)
