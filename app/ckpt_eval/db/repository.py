@@ -370,6 +370,10 @@ class Repository:
             params = {"names": names, "datasets": datasets}
             with conn.cursor(row_factory=dict_row) as cur:
                 gates = cur.execute(sql.GATES_IN_FORCE, params).fetchall()
+                # The checkpoints' two columns have no change rule: without a stored gate (the usual case)
+                # the champion is not needed, and a group costs one round trip, not three.
+                if not gates:
+                    return gates, [], []
                 champions = cur.execute(sql.CURRENT_CHAMPIONS, params).fetchall()
                 baselines = cur.execute(sql.CHAMPION_BASELINES, params).fetchall()
             return gates, champions, baselines
